@@ -1,0 +1,109 @@
+"""Settings: a YAML file plus environment variables (``DERIM_*`` and the earlier plain names).
+
+Priority, highest first: explicit overrides, environment, the YAML file, defaults. Built in
+``main()`` or by the caller of ``create_app``, never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from derim.errors import ConfigError
+from derim.models.device import DERDevice
+
+
+def _setting(default: Any, name: str, *legacy: str, **constraints: Any) -> Any:
+    """A setting read from YAML key ``name``, env ``DERIM_<NAME>`` or any ``legacy`` env name."""
+    aliases = AliasChoices(name, f"DERIM_{name.upper()}", *legacy)
+    return Field(default, validation_alias=aliases, **constraints)
+
+
+class Settings(BaseSettings):
+    """Everything DERIM reads at start."""
+
+    model_config = SettingsConfigDict(extra="forbid", populate_by_name=True)
+
+    environment: Literal["development", "production"] = _setting("development", "environment")
+    host: str = _setting("127.0.0.1", "host")
+    port: int = _setting(8000, "port", "APP_PORT", ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _setting(
+        "INFO", "log_level", "LOG_LEVEL"
+    )
+    log_format: Literal["json", "console"] | None = _setting(None, "log_format")
+    """JSON lines or coloured console; by default JSON in production, console in development."""
+    data_dir: Path = _setting(Path("data"), "data_dir")
+    storage_backend: Literal["sqlite", "influxdb"] = _setting(
+        "sqlite", "storage_backend", "STORAGE_BACKEND"
+    )
+    sqlite_path: Path | None = _setting(None, "sqlite_path")
+    """Telemetry and registry database; ``<data_dir>/derim.db`` by default."""
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = _setting("NORMAL", "sqlite_synchronous")
+    influxdb_url: str = _setting("http://127.0.0.1:8086", "influxdb_url", "INFLUXDB_URL")
+    influxdb_database: str = _setting("derim", "influxdb_database", "INFLUXDB_DATABASE")
+    influxdb_username: str | None = _setting(None, "influxdb_username", "INFLUXDB_USERNAME")
+    influxdb_password: SecretStr | None = _setting(None, "influxdb_password", "INFLUXDB_PASSWORD")
+    influxdb_timeout_s: float = _setting(10.0, "influxdb_timeout_s", gt=0)
+    retention_days: float | None = _setting(None, "retention_days", gt=0)
+    """Raw readings older than this are deleted (rollup tiers are kept); None keeps everything."""
+    max_body_bytes: int = _setting(8 * 1024 * 1024, "max_body_bytes", ge=1024)
+    ingest_max_batch: int = _setting(10_000, "ingest_max_batch", ge=1)
+    ingest_max_pending: int = _setting(200_000, "ingest_max_pending", ge=1)
+    spool_retry_s: float = _setting(1.0, "spool_retry_s", gt=0)
+    lstm_epochs: int = _setting(50, "lstm_epochs", "LSTM_EPOCHS", ge=1)
+    """Training epochs of the twin's LSTM forecaster."""
+    devices: list[DERDevice] = _setting([], "devices")
+    """The fleet: devices registered (or updated) at start."""
+
+    @property
+    def database_path(self) -> Path:
+        """Where the SQLite database (telemetry and the device registry) lives."""
+        return self.sqlite_path or self.data_dir / "derim.db"
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        """The log format in force."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.environment == "production" else "console"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``config_file`` (YAML), the environment and ``overrides``.
+
+    Raises ``ConfigError`` naming every invalid field path.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            return tuple(sources)
+
+    try:
+        return _FileSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        source = f" in {config_file}" if config_file else ""
+        raise ConfigError(f"invalid settings{source}: {problems}") from exc

@@ -1,0 +1,63 @@
+"""The DERIM exception tree.
+
+Library exceptions are translated into these at one boundary per component (``raise ... from exc``);
+HTTP status codes are assigned in one place, ``derim.api.errors``.
+"""
+
+
+class DerimError(Exception):
+    """Base of every error DERIM raises on purpose."""
+
+
+class ConfigError(DerimError):
+    """Invalid settings or fleet file; the message names the field path."""
+
+
+class NotFoundError(DerimError):
+    """A referenced entity (device, command, ...) does not exist."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"unknown {kind} {key!r}")
+        self.kind = kind
+        self.key = key
+
+
+class ConflictError(DerimError):
+    """The request conflicts with existing state (for example a duplicate device id)."""
+
+
+class InvalidRequestError(DerimError):
+    """A request is well-formed JSON but semantically invalid; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class StorageError(DerimError):
+    """The storage backend failed."""
+
+
+class StorageUnavailableError(StorageError):
+    """The storage backend cannot be reached; writes go to the spool, reads fail with 503."""
+
+
+class TwinError(DerimError):
+    """Forecasting, anomaly detection or simulation failed."""
+
+
+class AdapterError(DerimError):
+    """A protocol adapter failed."""
+
+
+class TransportError(AdapterError):
+    """Connecting to or talking with a device failed (connect refused, timeout); retryable."""
+
+
+class ProtocolError(AdapterError):
+    """The peer sent something that cannot be decoded."""
+
+
+class DeviceRejected(AdapterError):  # noqa: N818 - the name states the outcome, as in the spec
+    """The device answered and refused the request (exception code, CallError, Rejected status)."""

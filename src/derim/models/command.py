@@ -1,0 +1,83 @@
+"""Commands sent to devices and the records of what became of them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from derim.models.common import DeviceId, UtcDatetime
+
+
+class CommandType(StrEnum):
+    """What a command asks of a device. Power values follow the system sign convention."""
+
+    SET_POWER_LIMIT = "set_power_limit"
+    CLEAR_POWER_LIMIT = "clear_power_limit"
+    SET_ACTIVE_POWER = "set_active_power"
+    SET_REACTIVE_POWER = "set_reactive_power"
+    START_CHARGING = "start_charging"
+    STOP_CHARGING = "stop_charging"
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
+    RESET = "reset"
+
+
+class CommandStatus(StrEnum):
+    """Lifecycle of a command: requested -> validated -> sent -> one final state."""
+
+    REQUESTED = "requested"
+    VALIDATED = "validated"
+    SENT = "sent"
+    ACKNOWLEDGED = "acknowledged"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    EXPIRED = "expired"
+
+
+FINAL_STATUSES = frozenset(
+    {
+        CommandStatus.ACKNOWLEDGED,
+        CommandStatus.REJECTED,
+        CommandStatus.FAILED,
+        CommandStatus.TIMED_OUT,
+        CommandStatus.EXPIRED,
+    }
+)
+
+
+class CommandRequest(BaseModel):
+    """A request to change a device's behaviour."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    command: CommandType
+    value: float | None = Field(None, description="Setpoint, in the unit given (kW by default).")
+    unit: str = Field("kW", max_length=16)
+    parameters: dict[str, Any] = Field(default_factory=dict, max_length=32)
+    priority: int = Field(0, ge=0, le=100, description="Higher wins when sources conflict.")
+    expires_at: UtcDatetime | None = Field(None, description="After this instant, not sent.")
+    dry_run: bool = Field(False, description="Validate only; do not send.")
+
+
+class CommandResult(BaseModel):
+    """The record of one command: its request, current status and each step's time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    device_id: DeviceId
+    request: CommandRequest
+    status: CommandStatus = CommandStatus.REQUESTED
+    message: str = ""
+    history: list[tuple[CommandStatus, datetime]] = Field(default_factory=list)
+    device_response: dict[str, Any] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the command has reached a final state."""
+        return self.status in FINAL_STATUSES

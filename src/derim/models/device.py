@@ -1,0 +1,169 @@
+"""The device registry's canonical description of a DER (nameplate, protocol, location, groups)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from derim.models.common import DeviceId, DeviceType, UtcDatetime
+from derim.models.standards import measurement
+
+MRID_NAMESPACE = uuid.UUID("6f1c1d3e-8f4a-5b7e-9a51-2d5c0e7b4a10")
+"""Namespace of the UUID v5 mRIDs DERIM derives from device ids."""
+
+Label = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\w.:@-]+$")]
+"""A group name or tag key: 1-64 word characters or ``. : @ -``."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class PushConnection(_Strict):
+    """The device (or its gateway) pushes readings to ``POST /api/v1/telemetry``."""
+
+    protocol: Literal["http"] = "http"
+
+
+class ModbusConnection(_Strict):
+    """A Modbus TCP device (or a unit behind a TCP gateway)."""
+
+    protocol: Literal["modbus", "sunspec"]
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(502, ge=1, le=65535)
+    unit_id: int = Field(1, ge=0, le=255)
+
+
+class MqttConnection(_Strict):
+    """A device whose readings arrive on MQTT topics."""
+
+    protocol: Literal["mqtt"]
+    topic: str = Field(min_length=1, max_length=256)
+
+
+class OcppConnection(_Strict):
+    """An EV charger that connects to DERIM's OCPP central system."""
+
+    protocol: Literal["ocpp"]
+    charge_point_id: str = Field(min_length=1, max_length=48)
+
+
+class SimulatedConnection(_Strict):
+    """A device simulated inside DERIM (demo and tests)."""
+
+    protocol: Literal["simulated"]
+
+
+Connection = Annotated[
+    PushConnection | ModbusConnection | MqttConnection | OcppConnection | SimulatedConnection,
+    Field(discriminator="protocol"),
+]
+
+
+class Location(_Strict):
+    """Where the device is installed (WGS 84)."""
+
+    latitude: float = Field(ge=-90, le=90, description="Degrees north.")
+    longitude: float = Field(ge=-180, le=180, description="Degrees east.")
+    altitude_m: float | None = Field(None, description="Metres above sea level.")
+    address: str | None = Field(None, max_length=256)
+
+
+class DERDevice(_Strict):
+    """A registered device. ``mrid`` is its IEC 61970 CIM master resource identifier."""
+
+    id: DeviceId = measurement(
+        "Unique device identifier.",
+        unit="",
+        ieee2030_5="EndDevice.lFDI / EndDevice.sFDI (as text)",
+        cim="IdentifiedObject.name (unique key)",
+        default=...,
+    )
+    name: str = measurement(
+        "Human-readable name.",
+        unit="",
+        ieee2030_5="DeviceInformation.mfModel (description)",
+        cim="IdentifiedObject.description",
+        default="",
+        max_length=256,
+    )
+    device_type: DeviceType = measurement(
+        "Kind of DER.",
+        unit="",
+        ieee2030_5="DERCapability.type (DERType)",
+        cim="PowerElectronicsUnit subclass (PhotoVoltaicUnit, BatteryUnit, ...) / EnergyConsumer",
+        default=DeviceType.GENERIC,
+    )
+    connection: Connection = Field(
+        default_factory=PushConnection,
+        description="Protocol and its connection settings.",
+    )
+    rated_power_kw: float | None = measurement(
+        "Nameplate active power, kW.",
+        unit="kW",
+        ieee2030_5="DERCapability.rtgMaxW",
+        cim="PowerElectronicsConnection.maxP / PowerElectronicsUnit.maxP",
+        ge=0,
+    )
+    rated_energy_kwh: float | None = measurement(
+        "Usable energy capacity (storage), kWh.",
+        unit="kWh",
+        ieee2030_5="DERCapability.rtgMaxWh",
+        cim="BatteryUnit.ratedE",
+        ge=0,
+    )
+    location: Location | None = None
+    groups: list[Label] = Field(default_factory=list, max_length=32)
+    tags: dict[Label, Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    mrid: uuid.UUID | None = measurement(
+        "CIM master resource identifier; derived from the id (UUID v5) when not given.",
+        unit="",
+        ieee2030_5="IdentifiedObject.mRID",
+        cim="IdentifiedObject.mRID",
+    )
+    manufacturer: str | None = Field(None, max_length=128)
+    model: str | None = Field(None, max_length=128)
+    serial_number: str | None = Field(None, max_length=128)
+    firmware_version: str | None = Field(None, max_length=128)
+    created_at: UtcDatetime | None = None
+
+    @model_validator(mode="after")
+    def _derive_mrid(self) -> DERDevice:
+        if self.mrid is None:
+            self.mrid = uuid.uuid5(MRID_NAMESPACE, self.id)
+        return self
+
+    @property
+    def protocol(self) -> str:
+        """The protocol the device speaks (``connection.protocol``)."""
+        return self.connection.protocol
+
+
+class DevicePatch(_Strict):
+    """Fields of a device that ``PATCH`` may change; absent fields stay as they are."""
+
+    name: str | None = Field(None, max_length=256)
+    device_type: DeviceType | None = None
+    connection: Connection | None = None
+    rated_power_kw: float | None = Field(None, ge=0)
+    rated_energy_kwh: float | None = Field(None, ge=0)
+    location: Location | None = None
+    groups: list[Label] | None = Field(None, max_length=32)
+    tags: dict[Label, Annotated[str, StringConstraints(max_length=256)]] | None = Field(
+        None, max_length=32
+    )
+    manufacturer: str | None = Field(None, max_length=128)
+    model: str | None = Field(None, max_length=128)
+    serial_number: str | None = Field(None, max_length=128)
+    firmware_version: str | None = Field(None, max_length=128)
+
+
+def apply_patch(device: DERDevice, patch: DevicePatch) -> DERDevice:
+    """A copy of ``device`` with the fields set in ``patch`` replaced, re-validated."""
+    changes = patch.model_dump(exclude_unset=True)
+    merged = device.model_dump() | changes
+    return DERDevice.model_validate(merged)

@@ -1,0 +1,50 @@
+"""Field metadata tying canonical fields to units, IEEE 2030.5 and IEC 61968/61970 CIM names.
+
+Each canonical field is declared with :func:`measurement`, which stores its unit and standard names in
+the JSON schema (``x-unit``, ``x-ieee2030_5``, ``x-cim``) so code (docs, exporters, mappers) can read
+them back with :func:`standard_names`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+@dataclass(frozen=True, slots=True)
+class StandardNames:
+    """Where one canonical field lives in the standards, and its unit."""
+
+    unit: str
+    ieee2030_5: str
+    cim: str
+
+
+def measurement(
+    description: str,
+    *,
+    unit: str,
+    ieee2030_5: str,
+    cim: str,
+    default: Any = None,
+    **constraints: Any,
+) -> Any:
+    """A Pydantic ``Field`` for a canonical quantity, carrying its unit and standard names."""
+    extra = {"x-unit": unit, "x-ieee2030_5": ieee2030_5, "x-cim": cim}
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
+
+
+def standard_names(model: type[BaseModel]) -> dict[str, StandardNames]:
+    """The unit and standard names of every field of ``model`` declared with :func:`measurement`."""
+    names: dict[str, StandardNames] = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "x-unit" in extra:
+            names[name] = StandardNames(
+                unit=str(extra["x-unit"]),
+                ieee2030_5=str(extra["x-ieee2030_5"]),
+                cim=str(extra["x-cim"]),
+            )
+    return names

@@ -1,0 +1,161 @@
+"""SQL for the SQLite backend: one wide raw table keyed by (device, time) and rollup tiers.
+
+The raw table ``telemetry`` has one column per canonical field and the primary key ``(dev, ts)``
+(``WITHOUT ROWID``), so a device's time range is one contiguous B-tree walk. ``ts`` is epoch
+milliseconds; ``dev`` is a small integer from ``series``. Each rollup tier ``rollup_<ms>`` holds, per
+device and bucket, the count, sum, min, max and last value of every real-valued field, so a
+downsampled query reads one row per bucket instead of scanning raw data.
+"""
+
+from __future__ import annotations
+
+from derim.storage.base import AGGREGATABLE_FIELDS, FIELD_TYPES, Interval
+
+TIERS: tuple[Interval, ...] = (Interval.MINUTE, Interval.QUARTER_HOUR, Interval.HOUR, Interval.DAY)
+"""Rollup tiers, finest first; each is computed from the one before (the first from raw)."""
+
+SQL_TYPES = {float: "REAL", int: "INTEGER", str: "TEXT"}
+ISO_TIMESTAMP = "strftime('%Y-%m-%dT%H:%M:%fZ', {col} / 1000.0, 'unixepoch')"
+STATS = ("n", "sum", "min", "max", "last")
+
+
+def tier_table(interval: Interval) -> str:
+    """Name of the rollup table of one tier."""
+    return f"rollup_{interval.milliseconds}"
+
+
+def tier_columns() -> list[str]:
+    """Per-field statistic columns of a rollup table, in table order."""
+    return [f"{stat}_{name}" for name in AGGREGATABLE_FIELDS for stat in STATS]
+
+
+def create_statements() -> list[str]:
+    """DDL for a fresh database (idempotent)."""
+    raw_cols = ", ".join(f"{n} {SQL_TYPES[t]}" for n, t in FIELD_TYPES.items())
+    statements = [
+        "CREATE TABLE IF NOT EXISTS series (dev INTEGER PRIMARY KEY, device_id TEXT UNIQUE NOT NULL, "
+        "fields TEXT NOT NULL DEFAULT '')",
+        f"CREATE TABLE IF NOT EXISTS telemetry (dev INTEGER NOT NULL, ts INTEGER NOT NULL, "
+        f"{raw_cols}, PRIMARY KEY (dev, ts)) WITHOUT ROWID",
+        "CREATE TABLE IF NOT EXISTS rollup_dirty (dev INTEGER NOT NULL, day INTEGER NOT NULL, "
+        "lo INTEGER NOT NULL, hi INTEGER NOT NULL, PRIMARY KEY (dev, day)) WITHOUT ROWID",
+    ]
+    stat_cols = ", ".join(
+        f"{col} {'INTEGER' if col.startswith('n_') else 'REAL'}" for col in tier_columns()
+    )
+    for interval in TIERS:
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {tier_table(interval)} (dev INTEGER NOT NULL, "
+            f"bucket INTEGER NOT NULL, n INTEGER NOT NULL, last_ts INTEGER NOT NULL, "
+            f"{stat_cols}, PRIMARY KEY (dev, bucket)) WITHOUT ROWID"
+        )
+    return statements
+
+
+def missing_columns(table: str, existing: set[str]) -> list[str]:
+    """``ALTER TABLE`` statements adding canonical columns a table created by an older version lacks."""
+    if table == "telemetry":
+        wanted = {n: SQL_TYPES[t] for n, t in FIELD_TYPES.items()}
+    else:
+        wanted = {c: "INTEGER" if c.startswith("n_") else "REAL" for c in tier_columns()}
+    return [f"ALTER TABLE {table} ADD COLUMN {c} {t}" for c, t in wanted.items() if c not in existing]
+
+
+def upsert_statement(fields: tuple[str, ...]) -> str:
+    """Insert raw rows ``(dev, ts, *fields)``; a second reading at the same instant fills gaps."""
+    cols = ", ".join(fields)
+    marks = ", ".join("?" * (len(fields) + 2))
+    updates = ", ".join(f"{f} = coalesce(excluded.{f}, {f})" for f in fields)
+    return (
+        f"INSERT INTO telemetry (dev, ts, {cols}) VALUES ({marks}) "
+        f"ON CONFLICT (dev, ts) DO UPDATE SET {updates}"
+    )
+
+
+def rollup_from_raw_statement(interval: Interval) -> str:
+    """Recompute one device's buckets of the finest tier in ``[?, ?)`` from raw rows.
+
+    Parameters: dev, start_ms, end_ms. ``last_<f>`` is the field in the bucket's latest record.
+    """
+    width = interval.milliseconds
+    aggs = ", ".join(
+        f"count({f}) AS n_{f}, sum({f}) AS sum_{f}, min({f}) AS min_{f}, max({f}) AS max_{f}"
+        for f in AGGREGATABLE_FIELDS
+    )
+    select_stats = ", ".join(
+        f"a.n_{f}, a.sum_{f}, a.min_{f}, a.max_{f}, l.{f}" for f in AGGREGATABLE_FIELDS
+    )
+    return (
+        f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts, "
+        f"{', '.join(tier_columns())}) "
+        f"SELECT a.dev, a.bucket, a.n, a.last_ts, {select_stats} FROM ("
+        f"SELECT dev, (ts / {width}) * {width} AS bucket, count(*) AS n, max(ts) AS last_ts, {aggs} "
+        f"FROM telemetry WHERE dev = ? AND ts >= ? AND ts < ? GROUP BY bucket) AS a "
+        f"JOIN telemetry AS l ON l.dev = a.dev AND l.ts = a.last_ts"
+    )
+
+
+def rollup_from_tier_statement(interval: Interval, source: Interval) -> str:
+    """Recompute one device's buckets of ``interval`` in ``[?, ?)`` from the finer ``source`` tier."""
+    width = interval.milliseconds
+    src = tier_table(source)
+    aggs = ", ".join(
+        f"sum(n_{f}) AS n_{f}, sum(sum_{f}) AS sum_{f}, min(min_{f}) AS min_{f}, "
+        f"max(max_{f}) AS max_{f}"
+        for f in AGGREGATABLE_FIELDS
+    )
+    select_stats = ", ".join(
+        f"a.n_{f}, a.sum_{f}, a.min_{f}, a.max_{f}, l.last_{f}" for f in AGGREGATABLE_FIELDS
+    )
+    return (
+        f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts, "
+        f"{', '.join(tier_columns())}) "
+        f"SELECT a.dev, a.bucket, a.n, a.last_ts, {select_stats} FROM ("
+        f"SELECT dev, (bucket / {width}) * {width} AS bucket, sum(n) AS n, max(last_ts) AS last_ts, "
+        f"max(bucket) AS last_bucket, {aggs} "
+        f"FROM {src} WHERE dev = ? AND bucket >= ? AND bucket < ? GROUP BY 2) AS a "
+        f"JOIN {src} AS l ON l.dev = a.dev AND l.bucket = a.last_bucket"
+    )
+
+
+AGG_EXPRESSIONS = {
+    "mean": "sum_{f} / n_{f}",
+    "min": "min_{f}",
+    "max": "max_{f}",
+    "last": "last_{f}",
+    "sum": "sum_{f}",
+}
+
+
+def page_statement(
+    fields: tuple[str, ...], *, table: str, time_col: str, agg: str | None, descending: bool
+) -> str:
+    """Select the rows in ``[?, ?)`` as a JSON array built inside SQLite, plus count and bounds.
+
+    Parameters: dev, start_ms, end_ms. Field names come from the canonical whitelist only.
+    """
+    if agg is None:
+        values = ", ".join(f"'{f}', {f}" for f in fields)
+        inner_cols = ", ".join(fields)
+    else:
+        values = ", ".join(f"'{f}', v_{f}" for f in fields)
+        inner_cols = ", ".join(f"{AGG_EXPRESSIONS[agg].format(f=f)} AS v_{f}" for f in fields)
+    order = "DESC" if descending else "ASC"
+    timestamp = ISO_TIMESTAMP.format(col="t")
+    return (
+        f"SELECT json_group_array(json_object('timestamp', {timestamp}, {values})), count(*), "
+        f"min(t), max(t) FROM (SELECT {time_col} AS t, {inner_cols} FROM {table} "
+        f"WHERE dev = ? AND {time_col} >= ? AND {time_col} < ? ORDER BY {time_col} {order})"
+    )
+
+
+def cutoff_statement(*, table: str, time_col: str, descending: bool) -> str:
+    """The time of the first row past a page of ``?`` rows in ``[?, ?)``, if any.
+
+    Parameters: dev, start_ms, end_ms, limit.
+    """
+    order = "DESC" if descending else "ASC"
+    return (
+        f"SELECT {time_col} FROM {table} WHERE dev = ? AND {time_col} >= ? AND {time_col} < ? "
+        f"ORDER BY {time_col} {order} LIMIT 1 OFFSET ?"
+    )
