@@ -4,6 +4,8 @@ Library exceptions are translated into these at one boundary per component (``ra
 HTTP status codes are assigned in one place, ``derim.api.errors``.
 """
 
+from typing import Any
+
 
 class DerimError(Exception):
     """Base of every error DERIM raises on purpose."""
@@ -27,12 +29,18 @@ class ConflictError(DerimError):
 
 
 class InvalidRequestError(DerimError):
-    """A request is well-formed JSON but semantically invalid; ``field`` names the culprit."""
+    """A request is invalid; ``field`` names the culprit, ``details`` lists every problem.
 
-    def __init__(self, field: str, message: str) -> None:
+    Each detail is a dict with at least ``field`` (a dotted path) and ``message``.
+    """
+
+    def __init__(
+        self, field: str, message: str, details: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.details = details or [{"field": field, "message": message}]
 
 
 class StorageError(DerimError):

@@ -1,8 +1,8 @@
 """Field metadata tying canonical fields to units, IEEE 2030.5 and IEC 61968/61970 CIM names.
 
-Each canonical field is declared with :func:`measurement`, which stores its unit and standard names in
-the JSON schema (``x-unit``, ``x-ieee2030_5``, ``x-cim``) so code (docs, exporters, mappers) can read
-them back with :func:`standard_names`.
+Each canonical field is declared with :func:`measurement`, which stores its unit and standard
+names in the JSON schema (``x-unit``, ``x-ieee2030_5``, ``x-cim``) so code (docs, exporters,
+mappers) can read them back with :func:`standard_names`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
+from pydantic.config import JsonDict
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,7 @@ def measurement(
     **constraints: Any,
 ) -> Any:
     """A Pydantic ``Field`` for a canonical quantity, carrying its unit and standard names."""
-    extra = {"x-unit": unit, "x-ieee2030_5": ieee2030_5, "x-cim": cim}
+    extra: JsonDict = {"x-unit": unit, "x-ieee2030_5": ieee2030_5, "x-cim": cim}
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 

@@ -1,7 +1,7 @@
 """A durable on-disk queue of telemetry batches that could not be stored yet.
 
-Batches are kept in their own SQLite file (``synchronous=FULL``) in arrival order and replayed oldest
-first, so records reach the backend in the order they were published even across restarts.
+Batches are kept in their own SQLite file (``synchronous=FULL``) in arrival order and replayed
+oldest first, so records reach the backend in the order they were published, even across restarts.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ class Spool:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute(
-            "CREATE TABLE IF NOT EXISTS batches "
-            "(seq INTEGER PRIMARY KEY AUTOINCREMENT, records INTEGER NOT NULL, payload BLOB NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "records INTEGER NOT NULL, payload BLOB NOT NULL)"
         )
         (depth,) = conn.execute("SELECT coalesce(sum(records), 0) FROM batches").fetchone()
         self.depth = int(depth)
@@ -67,8 +67,11 @@ class Spool:
     async def append(self, records: Sequence[DERTelemetry]) -> None:
         """Durably add one batch at the tail."""
         payload = encode_batch(records)
-        await asyncio.to_thread(self._run, "INSERT INTO batches (records, payload) VALUES (?, ?)",
-                                (len(records), payload))
+        await asyncio.to_thread(
+            self._run,
+            "INSERT INTO batches (records, payload) VALUES (?, ?)",
+            (len(records), payload),
+        )
         self.depth += len(records)
 
     async def peek(self) -> tuple[int, list[DERTelemetry]] | None:

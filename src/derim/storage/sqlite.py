@@ -1,10 +1,10 @@
 """The embedded SQLite backend: WAL, one writer thread, reader threads, rollup tiers.
 
 Writes run on a single dedicated thread (SQLite has one writer) so the event loop never blocks on
-disk; reads run on a small pool of threads with their own connections, which WAL lets proceed while
-a write is in progress. Rollup tiers are refreshed on the writer thread from a persisted list of dirty
-(device, day) ranges: at most every ``rollup_interval_s`` during writes, on demand, and before any
-downsampled query, so answers are never stale.
+disk; reads run on a small pool of threads with their own connections, which WAL lets proceed
+while a write is in progress. Rollup tiers are refreshed on the writer thread from a persisted list
+of dirty (device, day) ranges: at most every ``rollup_interval_s`` during writes, on demand, and
+before any downsampled query, so answers are never stale.
 """
 
 from __future__ import annotations
@@ -326,9 +326,9 @@ class SQLiteStore:
             agg=None if query.every is None else query.agg.value,
             descending=query.order is Order.DESC,
         )
-        records, count, first, last = self._reader().execute(
-            statement, (dev, start, end)
-        ).fetchone()
+        records, count, first, last = (
+            self._reader().execute(statement, (dev, start, end)).fetchone()
+        )
         return records.encode(), count, first or 0, last or 0
 
     @staticmethod
@@ -398,5 +398,9 @@ class SQLiteStore:
             backend=self.name,
             reachable=True,
             detail=str(self.path),
-            extra={"file_bytes": size, "rollup_backlog": int(dirty), "devices": len(self._dev_keys)},
+            extra={
+                "file_bytes": size,
+                "rollup_backlog": int(dirty),
+                "devices": len(self._dev_keys),
+            },
         )

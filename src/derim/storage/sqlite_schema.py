@@ -2,8 +2,8 @@
 
 The raw table ``telemetry`` has one column per canonical field and the primary key ``(dev, ts)``
 (``WITHOUT ROWID``), so a device's time range is one contiguous B-tree walk. ``ts`` is epoch
-milliseconds; ``dev`` is a small integer from ``series``. Each rollup tier ``rollup_<ms>`` holds, per
-device and bucket, the count, sum, min, max and last value of every real-valued field, so a
+milliseconds; ``dev`` is a small integer from ``series``. Each rollup tier ``rollup_<ms>`` holds,
+per device and bucket, the count, sum, min, max and last value of every real-valued field, so a
 downsampled query reads one row per bucket instead of scanning raw data.
 """
 
@@ -33,8 +33,8 @@ def create_statements() -> list[str]:
     """DDL for a fresh database (idempotent)."""
     raw_cols = ", ".join(f"{n} {SQL_TYPES[t]}" for n, t in FIELD_TYPES.items())
     statements = [
-        "CREATE TABLE IF NOT EXISTS series (dev INTEGER PRIMARY KEY, device_id TEXT UNIQUE NOT NULL, "
-        "fields TEXT NOT NULL DEFAULT '')",
+        "CREATE TABLE IF NOT EXISTS series (dev INTEGER PRIMARY KEY, "
+        "device_id TEXT UNIQUE NOT NULL, fields TEXT NOT NULL DEFAULT '')",
         f"CREATE TABLE IF NOT EXISTS telemetry (dev INTEGER NOT NULL, ts INTEGER NOT NULL, "
         f"{raw_cols}, PRIMARY KEY (dev, ts)) WITHOUT ROWID",
         "CREATE TABLE IF NOT EXISTS rollup_dirty (dev INTEGER NOT NULL, day INTEGER NOT NULL, "
@@ -53,12 +53,14 @@ def create_statements() -> list[str]:
 
 
 def missing_columns(table: str, existing: set[str]) -> list[str]:
-    """``ALTER TABLE`` statements adding canonical columns a table created by an older version lacks."""
+    """``ALTER TABLE`` statements adding canonical columns that an older table lacks."""
     if table == "telemetry":
         wanted = {n: SQL_TYPES[t] for n, t in FIELD_TYPES.items()}
     else:
         wanted = {c: "INTEGER" if c.startswith("n_") else "REAL" for c in tier_columns()}
-    return [f"ALTER TABLE {table} ADD COLUMN {c} {t}" for c, t in wanted.items() if c not in existing]
+    return [
+        f"ALTER TABLE {table} ADD COLUMN {c} {t}" for c, t in wanted.items() if c not in existing
+    ]
 
 
 def upsert_statement(fields: tuple[str, ...]) -> str:
@@ -89,14 +91,14 @@ def rollup_from_raw_statement(interval: Interval) -> str:
         f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts, "
         f"{', '.join(tier_columns())}) "
         f"SELECT a.dev, a.bucket, a.n, a.last_ts, {select_stats} FROM ("
-        f"SELECT dev, (ts / {width}) * {width} AS bucket, count(*) AS n, max(ts) AS last_ts, {aggs} "
-        f"FROM telemetry WHERE dev = ? AND ts >= ? AND ts < ? GROUP BY bucket) AS a "
+        f"SELECT dev, (ts / {width}) * {width} AS bucket, count(*) AS n, max(ts) AS last_ts, "
+        f"{aggs} FROM telemetry WHERE dev = ? AND ts >= ? AND ts < ? GROUP BY bucket) AS a "
         f"JOIN telemetry AS l ON l.dev = a.dev AND l.ts = a.last_ts"
     )
 
 
 def rollup_from_tier_statement(interval: Interval, source: Interval) -> str:
-    """Recompute one device's buckets of ``interval`` in ``[?, ?)`` from the finer ``source`` tier."""
+    """Recompute one device's ``interval`` buckets in ``[?, ?)`` from the finer ``source`` tier."""
     width = interval.milliseconds
     src = tier_table(source)
     aggs = ", ".join(
@@ -111,8 +113,8 @@ def rollup_from_tier_statement(interval: Interval, source: Interval) -> str:
         f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts, "
         f"{', '.join(tier_columns())}) "
         f"SELECT a.dev, a.bucket, a.n, a.last_ts, {select_stats} FROM ("
-        f"SELECT dev, (bucket / {width}) * {width} AS bucket, sum(n) AS n, max(last_ts) AS last_ts, "
-        f"max(bucket) AS last_bucket, {aggs} "
+        f"SELECT dev, (bucket / {width}) * {width} AS bucket, sum(n) AS n, "
+        f"max(last_ts) AS last_ts, max(bucket) AS last_bucket, {aggs} "
         f"FROM {src} WHERE dev = ? AND bucket >= ? AND bucket < ? GROUP BY 2) AS a "
         f"JOIN {src} AS l ON l.dev = a.dev AND l.bucket = a.last_bucket"
     )

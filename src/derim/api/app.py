@@ -1,0 +1,40 @@
+"""``create_app(settings)``: the FastAPI application and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from derim import __version__
+from derim.api.errors import install_error_handlers
+from derim.api.limits import BodyLimitMiddleware
+from derim.api.responses import JSONResponse
+from derim.api.routes import devices, fleet, health, telemetry
+from derim.config import Settings
+from derim.services import running_services
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The REST API over a core opened for the app's lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_services(settings) as services:
+            app.state.services = services
+            yield
+
+    app = FastAPI(
+        title="DERIM",
+        version=__version__,
+        description="Distributed Energy Resource Integration Middleware: devices, telemetry, "
+        "fleet views. Power is positive when delivered to the grid; times are UTC.",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    for module in (health, devices, telemetry, fleet):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,112 @@
+"""The one place where errors become HTTP status codes.
+
+validation 422, unknown 404, conflict or device rejection 409, storage or transport unavailable
+503, timeout 504 (413 for oversized bodies comes from ``derim.api.limits``). Anything else is a
+bug and gets 500 with no details leaked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from derim.api.responses import JSONResponse
+from derim.errors import (
+    ConflictError,
+    DerimError,
+    DeviceRejected,
+    InvalidRequestError,
+    NotFoundError,
+    ProtocolError,
+    StorageError,
+    TransportError,
+)
+
+log = logging.getLogger(__name__)
+
+
+STATUS_BY_ERROR: list[tuple[type[DerimError], int]] = [
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (DeviceRejected, 409),
+    (InvalidRequestError, 422),
+    (ProtocolError, 502),
+    (TransportError, 503),
+    (StorageError, 503),
+]
+
+
+def status_for(error: DerimError) -> int:
+    """The HTTP status of a DERIM error (500 for a kind no rule covers)."""
+    for kind, status in STATUS_BY_ERROR:
+        if isinstance(error, kind):
+            return (
+                504 if isinstance(error, TransportError) and "timed out" in str(error) else status
+            )
+    return 500
+
+
+def describe_errors(
+    errors: Sequence[Any], prefix: Sequence[str | int] = ()
+) -> list[dict[str, Any]]:
+    """Pydantic error dicts reduced to ``field`` (dotted path), ``message`` and ``type``."""
+    described = []
+    for err in errors:
+        loc = [*prefix, *err.get("loc", ())]
+        described.append(
+            {
+                "field": ".".join(str(part) for part in loc) or "body",
+                "message": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+        )
+    return described
+
+
+def error_response(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> Any:
+    """The JSON error body every failure uses: ``detail`` and optional per-field ``errors``."""
+    content: dict[str, Any] = {"detail": detail}
+    if errors:
+        content["errors"] = errors
+    return JSONResponse(content, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that map every error to its status code."""
+
+    @app.exception_handler(DerimError)
+    async def _derim(_: Request, exc: DerimError) -> Any:
+        status = status_for(exc)
+        if status == 500:
+            log.exception("unexpected error", exc_info=exc)
+            return error_response(500, "internal error")
+        if isinstance(exc, InvalidRequestError):
+            return error_response(status, f"invalid request: {exc}", exc.details)
+        return error_response(status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> Any:
+        errors = describe_errors(exc.errors())
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return error_response(422, f"invalid request: {summary}", errors)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> Any:
+        errors = describe_errors(exc.errors(include_url=False))
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return error_response(422, f"invalid request: {summary}", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Any:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Any:
+        log.exception("unexpected error", exc_info=exc)
+        return error_response(500, "internal error")

@@ -1,0 +1,59 @@
+"""``/health`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from derim import __version__
+from derim.api.deps import get_services
+from derim.api.metrics import render_metrics
+from derim.errors import DerimError
+from derim.services import Services
+
+router = APIRouter(tags=["health"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+@router.get("/health")
+async def health(services: ServicesDep) -> dict[str, Any]:
+    """Version, storage state, spool depth and ingest counters.
+
+    ``status`` is ``ok``, or ``degraded`` while storage is unreachable (data is being spooled).
+    """
+    try:
+        storage = await services.store.health()
+        state: dict[str, Any] = {
+            "backend": storage.backend,
+            "reachable": storage.reachable,
+            "detail": storage.detail,
+            **storage.extra,
+        }
+    except DerimError as exc:
+        state = {"backend": services.store.name, "reachable": False, "detail": str(exc)}
+    bus = services.bus.counters
+    return {
+        "status": "ok" if state["reachable"] else "degraded",
+        "version": __version__,
+        "uptime_s": round(time.time() - services.started_at, 3),
+        "storage": state,
+        "spool_depth": services.spool.depth,
+        "ingest": {
+            "received": bus.received,
+            "written": bus.written,
+            "dropped": bus.dropped,
+            "pending": services.bus.pending,
+            "stored": services.writer.counters.stored,
+            "spooled": services.writer.counters.spooled,
+            "replayed": services.writer.counters.replayed,
+        },
+    }
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus text exposition."""
+    return Response(render_metrics(services), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,138 @@
+"""A sample fleet and synthetic telemetry, so a fresh ``make demo`` has something to show.
+
+The profiles are simple physics-shaped curves (a clear-sky-like PV bell, a battery that charges from
+midday surplus and discharges in the evening, a household load with morning and evening peaks, an
+evening EV session) with a little deterministic noise; they are demo data, not measurements.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+
+from derim.models.common import ConnectorStatus, DeviceType, OperatingState
+from derim.models.device import DERDevice, Location, SimulatedConnection
+from derim.models.telemetry import (
+    BatteryTelemetry,
+    DERTelemetry,
+    EVChargerTelemetry,
+    MeterTelemetry,
+    SolarTelemetry,
+)
+
+SITE = Location(latitude=52.52, longitude=13.40, address="Demo site, Berlin")
+
+
+def sample_fleet() -> list[DERDevice]:
+    """Two PV inverters, a battery, a site meter, a household load and an EV charger."""
+    sim = SimulatedConnection(protocol="simulated")
+
+    def device(device_id: str, name: str, kind: DeviceType, **extra: object) -> DERDevice:
+        return DERDevice.model_validate(
+            {
+                "id": device_id,
+                "name": name,
+                "device_type": kind,
+                "connection": sim,
+                "location": SITE,
+                "groups": ["demo-site"],
+                **extra,
+            }
+        )
+
+    return [
+        device("pv-roof-1", "Rooftop PV east", DeviceType.SOLAR_PV, rated_power_kw=8.0),
+        device("pv-roof-2", "Rooftop PV west", DeviceType.SOLAR_PV, rated_power_kw=6.0),
+        device(
+            "battery-1",
+            "Home battery",
+            DeviceType.BATTERY,
+            rated_power_kw=5.0,
+            rated_energy_kwh=13.5,
+        ),
+        device("meter-site", "Site meter (PCC)", DeviceType.METER),
+        device("load-house", "Household load", DeviceType.LOAD, rated_power_kw=12.0),
+        device("evse-1", "Wallbox", DeviceType.EV_CHARGER, rated_power_kw=11.0),
+    ]
+
+
+def _solar_fraction(moment: datetime) -> float:
+    """A clear-sky-like daylight bell between 06:00 and 20:00 UTC, 0 to 1."""
+    hour = moment.hour + moment.minute / 60
+    return max(0.0, math.sin(math.pi * (hour - 6) / 14)) ** 1.5 if 6 <= hour <= 20 else 0.0
+
+
+def _load_kw(moment: datetime) -> float:
+    hour = moment.hour + moment.minute / 60
+    morning = 1.5 * math.exp(-((hour - 7.5) ** 2) / 2)
+    evening = 2.5 * math.exp(-((hour - 19) ** 2) / 4)
+    return 0.4 + morning + evening
+
+
+def readings_at(moment: datetime, rng: random.Random, soc: list[float]) -> list[DERTelemetry]:
+    """One reading of every sample device at ``moment``; ``soc`` carries the battery state."""
+    sun = _solar_fraction(moment)
+    noise = 1 + rng.uniform(-0.03, 0.03)
+    pv1 = round(8.0 * 0.85 * sun * noise, 3)
+    pv2 = round(6.0 * 0.85 * sun * noise, 3)
+    load = round(_load_kw(moment) * (1 + rng.uniform(-0.1, 0.1)), 3)
+    hour = moment.hour + moment.minute / 60
+    ev = -11.0 if 18 <= hour < 20 else 0.0
+    surplus = pv1 + pv2 - load
+    battery = -min(5.0, surplus) if surplus > 0 and soc[0] < 95 else 0.0
+    if surplus <= 0 and soc[0] > 10:
+        battery = min(5.0, -surplus)
+    soc[0] = min(100.0, max(0.0, soc[0] - battery / 13.5 * (1 / 60) * 100))
+    net = round(pv1 + pv2 + battery - load + ev, 3)
+    voltage = round(230 + rng.uniform(-2, 2), 2)
+    freq = round(50 + rng.uniform(-0.03, 0.03), 3)
+    solar_state = OperatingState.ON if sun > 0 else OperatingState.SLEEPING
+    battery_state = (
+        OperatingState.DISCHARGING
+        if battery > 0
+        else OperatingState.CHARGING
+        if battery < 0
+        else OperatingState.IDLE
+    )
+    common = {"timestamp": moment, "voltage_v": voltage, "frequency_hz": freq}
+    return [
+        SolarTelemetry(
+            device_id="pv-roof-1",
+            power_kw=pv1,
+            state=solar_state,
+            irradiance_w_m2=round(1000 * sun, 1),
+            **common,
+        ),
+        SolarTelemetry(device_id="pv-roof-2", power_kw=pv2, state=solar_state, **common),
+        BatteryTelemetry(
+            device_id="battery-1",
+            power_kw=round(battery, 3),
+            state=battery_state,
+            soc_percent=round(soc[0], 2),
+            temperature_c=25.0,
+            **common,
+        ),
+        MeterTelemetry(device_id="meter-site", power_kw=net, **common),
+        MeterTelemetry(device_id="load-house", power_kw=-load, **common),
+        EVChargerTelemetry(
+            device_id="evse-1",
+            power_kw=ev,
+            connector_id=1,
+            connector_status=ConnectorStatus.CHARGING if ev else ConnectorStatus.AVAILABLE,
+            **common,
+        ),
+    ]
+
+
+def sample_day(end: datetime, step: timedelta = timedelta(minutes=1)) -> list[DERTelemetry]:
+    """A day of readings of the sample fleet ending at ``end`` (UTC), one every ``step``."""
+    rng = random.Random(42)
+    soc = [50.0]
+    start = end.astimezone(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
+    records: list[DERTelemetry] = []
+    moment = start
+    while moment <= end:
+        records.extend(readings_at(moment, rng, soc))
+        moment += step
+    return records
