@@ -10,13 +10,22 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from derim.errors import StorageUnavailableError
 from derim.models.telemetry import DERTelemetry
-from derim.storage.base import Store
 from derim.storage.spool import Spool
 
 log = logging.getLogger(__name__)
+
+
+class WritableStore(Protocol):
+    """The part of a ``Store`` the write path needs."""
+
+    name: str
+
+    async def write(self, records: Sequence[DERTelemetry]) -> None:
+        """Store records; raise ``StorageUnavailableError`` while unreachable."""
 
 
 @dataclass(slots=True)
@@ -31,7 +40,7 @@ class WriteCounters:
 class DurableWriter:
     """Writes batches to a store, diverting to a durable spool while the store is unreachable."""
 
-    def __init__(self, store: Store, spool: Spool, *, retry_interval_s: float = 1.0) -> None:
+    def __init__(self, store: WritableStore, spool: Spool, *, retry_interval_s: float = 1.0) -> None:
         self.store = store
         self.spool = spool
         self.counters = WriteCounters()

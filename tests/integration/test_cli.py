@@ -1,0 +1,97 @@
+"""The ``derim`` command end to end: devices, CSV import/export, and ``derim serve`` over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+DERIM = [sys.executable, "-m", "derim.cli"]
+
+
+def run(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DERIM_DATA_DIR": str(data_dir), "DERIM_LOG_LEVEL": "WARNING"}
+    return subprocess.run(
+        [*DERIM, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_devices_import_export_round_trip(tmp_path: Path) -> None:
+    """A CSV imported for a registered device exports back with UTC timestamps."""
+    assert run(tmp_path, "devices", "add", "m1", "--type", "meter").returncode == 0
+    assert "m1" in run(tmp_path, "devices", "list").stdout
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "timestamp,power_kw,energy_import_kwh\n"
+        "2024-01-01T01:00:00+01:00,1.5,10\n"
+        "2024-01-01T00:01:00Z,2.5,\n"
+    )
+    imported = run(tmp_path, "import", str(source), "--device-id", "m1")
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 2 readings" in imported.stdout
+    exported = run(tmp_path, "export", "m1", "--start", "2023-12-31", "--end", "2024-01-02")
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.splitlines() == [
+        "timestamp,power_kw,energy_import_kwh",
+        "2024-01-01T00:00:00.000Z,1.5,10.0",
+        "2024-01-01T00:01:00.000Z,2.5,",
+    ]
+
+
+def test_import_stops_at_a_bad_row_naming_line_and_field(tmp_path: Path) -> None:
+    """An invalid cell aborts the import with its line number and field."""
+    run(tmp_path, "devices", "add", "b1", "--type", "battery")
+    source = tmp_path / "bad.csv"
+    source.write_text("device_id,timestamp,soc_percent\nb1,2024-01-01T00:00:00Z,140\n")
+    result = run(tmp_path, "import", str(source))
+    assert result.returncode != 0
+    assert "line 2" in result.stderr and "soc_percent" in result.stderr
+
+
+def test_remove_unknown_device_fails_clearly(tmp_path: Path) -> None:
+    """Removing a device that does not exist is an error naming it."""
+    result = run(tmp_path, "devices", "remove", "ghost")
+    assert result.returncode != 0 and "ghost" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_serve_answers_health_and_shuts_down(tmp_path: Path) -> None:
+    """``derim serve`` starts the API on the configured port and stops on SIGTERM."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DERIM_DATA_DIR": str(tmp_path),
+        "APP_PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen([*DERIM, "serve"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail("derim serve did not come up")
+                time.sleep(0.2)
+        assert health.json()["status"] == "ok"
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode in (0, -signal.SIGTERM), "uvicorn re-raises SIGTERM after shutdown"
+    assert "Traceback" not in errors, errors
+    assert (tmp_path / "derim.db").exists()
