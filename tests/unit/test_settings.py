@@ -79,3 +79,10 @@ def test_password_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2" not in repr(settings)
     assert settings.influxdb_password is not None
     assert settings.influxdb_password.get_secret_value() == "hunter2"
+
+
+def test_shipped_example_config_is_valid() -> None:
+    """examples/derim.yaml loads without errors."""
+    example = Path(__file__).parents[2] / "examples" / "derim.yaml"
+    settings = load_settings(example)
+    assert [d.id for d in settings.devices] == ["pv-roof-1", "battery-1", "meter-site"]

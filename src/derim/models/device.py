@@ -84,7 +84,7 @@ class DERDevice(_Strict):
     name: str = measurement(
         "Human-readable name.",
         unit="",
-        ieee2030_5="DeviceInformation.mfModel (description)",
+        ieee2030_5="MirrorUsagePoint.description",
         cim="IdentifiedObject.description",
         default="",
         max_length=256,
@@ -122,7 +122,7 @@ class DERDevice(_Strict):
     mrid: uuid.UUID | None = measurement(
         "CIM master resource identifier; derived from the id (UUID v5) when not given.",
         unit="",
-        ieee2030_5="IdentifiedObject.mRID",
+        ieee2030_5="MirrorUsagePoint.mRID (IdentifiedObject.mRID)",
         cim="IdentifiedObject.mRID",
     )
     manufacturer: str | None = Field(None, max_length=128)
