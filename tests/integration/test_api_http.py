@@ -42,9 +42,11 @@ def test_device_crud_round_trip(client: httpx.Client) -> None:
     add_device(client, "crud-1", "battery", rated_power_kw=5, groups=["g1"])
     assert client.post("/api/v1/devices", json={"id": "crud-1"}).status_code == 409
     got = client.get("/api/v1/devices/crud-1").json()
-    assert got["rated_power_kw"] == 5 and got["mrid"]
+    assert got["rated_power_kw"] == 5
+    assert got["mrid"]
     patched = client.patch("/api/v1/devices/crud-1", json={"name": "Garage battery"}).json()
-    assert patched["name"] == "Garage battery" and patched["groups"] == ["g1"]
+    assert patched["name"] == "Garage battery"
+    assert patched["groups"] == ["g1"]
     listed = client.get("/api/v1/devices", params={"group": "g1"}).json()
     assert [d["id"] for d in listed] == ["crud-1"]
     assert client.delete("/api/v1/devices/crud-1").status_code == 204
@@ -61,7 +63,8 @@ def test_ingest_then_query_with_pagination(client: httpx.Client) -> None:
     ]
     for k in range(0, 2500, 500):
         response = client.post("/api/v1/telemetry", json=body[k : k + 500])
-        assert response.status_code == 202 and response.json() == {"accepted": 500}
+        assert response.status_code == 202
+        assert response.json() == {"accepted": 500}
     params: dict[str, Any] = {
         "start": "2024-05-01T00:00:00Z",
         "end": "2024-05-02T00:00:00Z",
@@ -97,7 +100,8 @@ def test_query_downsampled_and_csv(client: httpx.Client) -> None:
     assert [r["power_kw"] for r in hourly["records"]] == [120.0, 120.0]
     csv_text = client.get("/api/v1/telemetry/m-ds", params={**params, "format": "csv"}).text
     lines = csv_text.strip().splitlines()
-    assert lines[0] == "timestamp,power_kw" and len(lines) == 121
+    assert lines[0] == "timestamp,power_kw"
+    assert len(lines) == 121
 
 
 def test_latest_and_fleet_summary(client: httpx.Client) -> None:
@@ -121,13 +125,22 @@ def test_latest_and_fleet_summary(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [
-        ([{"device_id": "val-b", "timestamp": "2024-01-01T00:00:00Z", "soc_percent": 101}], 422,
-         "body[0].soc_percent"),
-        ([{"device_id": "val-b", "timestamp": "2024-01-01T00:00:00Z", "voltage_v": -230}], 422,
-         "body[0].voltage_v"),
+        (
+            [{"device_id": "val-b", "timestamp": "2024-01-01T00:00:00Z", "soc_percent": 101}],
+            422,
+            "body[0].soc_percent",
+        ),
+        (
+            [{"device_id": "val-b", "timestamp": "2024-01-01T00:00:00Z", "voltage_v": -230}],
+            422,
+            "body[0].voltage_v",
+        ),
         ([{"device_id": "val-b", "timestamp": "not a time"}], 422, "body[0].timestamp"),
-        ([{"device_id": "val-b", "timestamp": "2024-01-01T00:00:00Z", "bogus": 1}], 422,
-         "body[0].bogus"),
+        (
+            [{"device_id": "val-b", "timestamp": "2024-01-01T00:00:00Z", "bogus": 1}],
+            422,
+            "body[0].bogus",
+        ),
         ([{"timestamp": "2024-01-01T00:00:00Z"}], 422, "body[0].device_id"),
         ({"device_id": "val-b"}, 422, "body"),
         ([{"device_id": "nobody", "timestamp": "2024-01-01T00:00:00Z"}], 404, None),
@@ -187,8 +200,10 @@ def test_query_parameter_errors_name_the_parameter(client: httpx.Client) -> None
 def test_health_and_metrics(client: httpx.Client) -> None:
     """/health reports version, storage and spool; /metrics is Prometheus text."""
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["storage"]["backend"] == "sqlite"
-    assert health["spool_depth"] == 0 and health["ingest"]["dropped"] == 0
+    assert health["status"] == "ok"
+    assert health["storage"]["backend"] == "sqlite"
+    assert health["spool_depth"] == 0
+    assert health["ingest"]["dropped"] == 0
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "derim_ingest_records_dropped_total 0.0" in metrics.text
@@ -198,8 +213,9 @@ def test_health_and_metrics(client: httpx.Client) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
 )
 reading_like = st.fixed_dictionaries(
@@ -213,7 +229,9 @@ reading_like = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(body=json_values | st.lists(reading_like, max_size=5))
 def test_fuzzed_ingest_bodies_never_500(client: httpx.Client, body: Any) -> None:
     """Whatever JSON arrives, the answer is a 2xx/4xx, never a server error."""
@@ -223,9 +241,15 @@ def test_fuzzed_ingest_bodies_never_500(client: httpx.Client, body: Any) -> None
     assert response.status_code < 500, response.text
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.dictionaries(st.sampled_from(["id", "device_type", "location", "groups",
-                                            "connection", "tags"]), json_values))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.dictionaries(
+        st.sampled_from(["id", "device_type", "location", "groups", "connection", "tags"]),
+        json_values,
+    )
+)
 def test_fuzzed_device_bodies_never_500(client: httpx.Client, body: Any) -> None:
     """Device creation answers 201/409/422 for any JSON object."""
     response = client.post("/api/v1/devices", content=json.dumps(body, allow_nan=True))

@@ -52,13 +52,15 @@ def test_import_stops_at_a_bad_row_naming_line_and_field(tmp_path: Path) -> None
     source.write_text("device_id,timestamp,soc_percent\nb1,2024-01-01T00:00:00Z,140\n")
     result = run(tmp_path, "import", str(source))
     assert result.returncode != 0
-    assert "line 2" in result.stderr and "soc_percent" in result.stderr
+    assert "line 2" in result.stderr
+    assert "soc_percent" in result.stderr
 
 
 def test_remove_unknown_device_fails_clearly(tmp_path: Path) -> None:
     """Removing a device that does not exist is an error naming it."""
     result = run(tmp_path, "devices", "remove", "ghost")
-    assert result.returncode != 0 and "ghost" in result.stderr
+    assert result.returncode != 0
+    assert "ghost" in result.stderr
 
 
 def free_port() -> int:

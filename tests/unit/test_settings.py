@@ -51,7 +51,8 @@ def test_yaml_file_with_fleet_and_env_override(
     settings = load_settings(config)
     assert settings.port == 8200
     assert settings.retention_days == 7
-    assert settings.devices[0].id == "pv-1" and settings.devices[0].rated_power_kw == 4.2
+    assert settings.devices[0].id == "pv-1"
+    assert settings.devices[0].rated_power_kw == 4.2
 
 
 def test_invalid_config_names_the_field_path(tmp_path: Path) -> None:

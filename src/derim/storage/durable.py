@@ -40,7 +40,9 @@ class WriteCounters:
 class DurableWriter:
     """Writes batches to a store, diverting to a durable spool while the store is unreachable."""
 
-    def __init__(self, store: WritableStore, spool: Spool, *, retry_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, store: WritableStore, spool: Spool, *, retry_interval_s: float = 1.0
+    ) -> None:
         self.store = store
         self.spool = spool
         self.counters = WriteCounters()

@@ -16,7 +16,8 @@ def test_mrid_is_derived_stably_from_the_id() -> None:
     first = DERDevice(id="pv-1")
     assert first.mrid == DERDevice(id="pv-1").mrid
     assert first.mrid != DERDevice(id="pv-2").mrid
-    assert first.mrid is not None and first.mrid.version == 5
+    assert first.mrid is not None
+    assert first.mrid.version == 5
 
 
 def test_explicit_mrid_is_kept() -> None:
@@ -40,8 +41,10 @@ def test_connection_is_chosen_by_protocol() -> None:
     [
         ({"id": "x", "location": {"latitude": 91, "longitude": 0}}, "location.latitude"),
         ({"id": "x", "rated_power_kw": -1}, "rated_power_kw"),
-        ({"id": "x", "connection": {"protocol": "modbus", "host": "h", "port": 70000}},
-         "connection.modbus.port"),
+        (
+            {"id": "x", "connection": {"protocol": "modbus", "host": "h", "port": 70000}},
+            "connection.modbus.port",
+        ),
         ({"id": "x", "groups": ["bad group"]}, "groups.0"),
         ({"id": "x", "device_type": "nuclear"}, "device_type"),
     ],

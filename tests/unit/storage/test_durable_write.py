@@ -79,7 +79,8 @@ async def test_spool_survives_a_restart(tmp_path: Path) -> None:
     await second.open()
     assert second.depth == 5
     head = await second.peek()
-    assert head is not None and len(head[1]) == 5
+    assert head is not None
+    assert len(head[1]) == 5
     await second.close()
 
 

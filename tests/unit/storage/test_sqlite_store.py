@@ -71,7 +71,8 @@ async def test_round_trip_keeps_values_and_utc_instant(store: SQLiteStore) -> No
             "state": "charging",
         }
     ]
-    assert page.count == 1 and page.next_cursor is None
+    assert page.count == 1
+    assert page.next_cursor is None
 
 
 async def test_unknown_device_reads_empty(store: SQLiteStore) -> None:
@@ -152,9 +153,7 @@ def expected_buckets(
         "sum": sum,
         "last": lambda xs: xs[-1],
     }[agg]
-    return [
-        (k.strftime("%Y-%m-%dT%H:%M:%S.000Z"), combine(v)) for k, v in sorted(buckets.items())
-    ]
+    return [(k.strftime("%Y-%m-%dT%H:%M:%S.000Z"), combine(v)) for k, v in sorted(buckets.items())]
 
 
 @pytest.mark.parametrize("agg", list(Aggregation))
@@ -268,5 +267,6 @@ async def test_health_reports_backlog(store: SQLiteStore) -> None:
     """health() is reachable and counts devices."""
     await store.write([DERTelemetry(device_id="a", timestamp=T0)])
     health = await store.health()
-    assert health.reachable and health.backend == "sqlite"
+    assert health.reachable
+    assert health.backend == "sqlite"
     assert health.extra["devices"] == 1
