@@ -38,7 +38,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 def q(device_id: str, **kw: Any) -> TelemetryQuery:
-    return TelemetryQuery(device_id=device_id, start_ms=0, end_ms=FAR, **kw)
+    return TelemetryQuery(**{"device_id": device_id, "start_ms": 0, "end_ms": FAR, **kw})
 
 
 async def all_pages(store: SQLiteStore, query: TelemetryQuery) -> list[dict[str, object]]:
