@@ -10,6 +10,7 @@ with an offset is converted, a naive one is read as UTC.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,7 +32,10 @@ class DERTelemetry(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
     device_id: DeviceId = Field(description="Identifier of the device the reading belongs to.")
-    timestamp: UtcDatetime = Field(description="When the device measured the values (UTC).")
+    timestamp: UtcDatetime = Field(
+        description="When the device measured the values (UTC, 1970 or later).",
+        ge=datetime(1970, 1, 1, tzinfo=UTC),
+    )
     power_kw: float | None = measurement(
         "Active power, kW; positive when delivered to the grid.",
         unit="kW",

@@ -101,3 +101,11 @@ def test_every_measurement_carries_its_standard_names() -> None:
         names = standard_names(cls)
         assert set(names) == set(cls.model_fields) - {"device_id", "timestamp"}
         assert all(n.ieee2030_5 and n.cim for n in names.values())
+
+
+@pytest.mark.parametrize("moment", ["1969-12-31T23:00:00", "1970-01-01T00:30:00+01:00"])
+def test_readings_before_the_unix_epoch_are_refused(moment: str) -> None:
+    """Timestamps must be 1970 or later (storage keys are epoch milliseconds)."""
+    with pytest.raises(ValidationError) as caught:
+        DERTelemetry(device_id="d1", timestamp=moment)
+    assert error_fields(caught.value) == {"timestamp"}
