@@ -61,7 +61,7 @@ class Figure:
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict with figures rounded to a sensible precision."""
         data = asdict(self)
-        data["ratio"] = None if self.ratio is None else round(self.ratio, 3)
+        data["ratio"] = None if self.ratio is None else _round(self.ratio)
         for key in ("ours", "baseline"):
             if data[key] is not None:
                 data[key] = _round(data[key])
@@ -76,7 +76,7 @@ def _round(value: float) -> float:
         return value
     if abs(value) >= 1000:
         return float(round(value))
-    return round(value, max(0, 3 - int(math.floor(math.log10(abs(value))))))
+    return round(value, max(0, 3 - math.floor(math.log10(abs(value)))))
 
 
 def median(values: Sequence[float]) -> float:
@@ -121,19 +121,19 @@ def fmt(value: float | None, unit: str = "") -> str:
 
 def print_figures(figures: Sequence[Figure]) -> None:
     """A small table: metric, ours, baseline, ratio, target and verdict."""
-    header = f"{'metric':<40} {'ours':>18} {'raw baseline':>18} {'ratio':>7}  target"
+    header = f"{'metric':<52} {'ours':>18} {'raw baseline':>18} {'ratio':>7}  target"
     print(header)
     print("-" * len(header))
     for fig in figures:
-        ratio = "-" if fig.ratio is None else f"{fig.ratio:.2f}"
+        ratio = "-" if fig.ratio is None else f"{fig.ratio:.3g}"
         verdict = "" if fig.met is None else ("  MET" if fig.met else "  MISSED")
         print(
-            f"{fig.metric:<40} {fmt(fig.ours, fig.unit):>18} {fmt(fig.baseline, fig.unit):>18} "
+            f"{fig.metric:<52} {fmt(fig.ours, fig.unit):>18} {fmt(fig.baseline, fig.unit):>18} "
             f"{ratio:>7}  {fig.target}{verdict}"
         )
-        print(f"{'':<40} ({fig.stat}; baseline: {fig.baseline_label})")
+        print(f"{'':<8}{fig.stat}; baseline: {fig.baseline_label}")
         if fig.note:
-            print(f"{'':<40} note: {fig.note}")
+            print(f"{'':<8}note: {fig.note}")
 
 
 def emit(figures: Sequence[Figure], args: argparse.Namespace, extra: dict[str, object]) -> None:

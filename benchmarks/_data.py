@@ -36,7 +36,9 @@ def device_bodies(devices: int) -> list[dict[str, Any]]:
     ]
 
 
-def readings(devices: int, ticks: int, first_tick: int = 0, seed: int = 1) -> Iterator[dict[str, Any]]:
+def readings(
+    devices: int, ticks: int, first_tick: int = 0, seed: int = 1
+) -> Iterator[dict[str, Any]]:
     """Reading dicts (``timestamp`` as a datetime) for ``ticks`` seconds of the fleet."""
     rng = random.Random(seed + first_tick)
     uniform = rng.uniform

@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Figure, arg_parser, emit, machine_info, median, progress, repeats
 from _data import build_records
-
 from derim.bus import IngestBus
 from derim.config import Settings
 from derim.models.telemetry import DERTelemetry
@@ -137,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     """Measure and print; see the module docstring."""
     parser = arg_parser(__doc__ or "")
     parser.add_argument("--devices", type=int, default=1_000)
-    parser.add_argument("--seconds", type=int, help="Seconds of fleet data (default 300; quick 100).")
+    parser.add_argument(
+        "--seconds", type=int, help="Seconds of fleet data (default 300; quick 100)."
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds or (100 if args.quick else 300)
     n_rep = repeats(args)

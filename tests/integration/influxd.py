@@ -19,25 +19,33 @@ MISSING = (
 )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def influxd_binary() -> str | None:
+    """Path of the ``influxd`` executable, or None when it is not installed."""
+    return shutil.which("influxd")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
+    with contextlib.ExitStack() as stack:
+        sockets = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 class InfluxServer:
-    """One ``influxd`` process whose data lives in ``root``; the ports stay fixed across restarts."""
+    """One ``influxd`` process with its data in ``root``; ports stay fixed across restarts."""
 
     def __init__(self, root: Path) -> None:
-        binary = shutil.which("influxd")
+        binary = influxd_binary()
         if binary is None:
             raise RuntimeError(MISSING)
         self.binary = binary
         self.root = root
-        self.http_port = free_port()
-        self.rpc_port = free_port()
+        self.http_port, self.rpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.config_path = root / "influxdb.conf"
         self.log_path = root / "influxd.log"

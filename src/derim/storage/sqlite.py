@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from derim.errors import StorageError, StorageUnavailableError
-from derim.models.telemetry import TELEMETRY_CLASSES, DERTelemetry
+from derim.models.telemetry import DERTelemetry
 from derim.storage import sqlite_schema as schema
 from derim.storage.base import (
+    AGGREGATABLE_FIELDS,
     FIELD_TYPES,
     Order,
     StoreHealth,
@@ -47,12 +48,42 @@ PARALLEL_PAGE_ROWS = 5_000
 
 
 class _RowMaker:
-    """Turns records of one telemetry class into raw-table rows ``(dev, ts, *fields)``."""
+    """Turns records that set the same fields into raw-table rows ``(dev, ts, *fields)``.
 
-    def __init__(self, cls: type[DERTelemetry]) -> None:
-        self.fields = tuple(n for n in cls.model_fields if n in FIELD_TYPES)
+    Only the fields a record set are written (plus ``quality``, which always has a value), so
+    merging a later partial reading never blanks out earlier values.
+    """
+
+    def __init__(self, set_fields: frozenset[str]) -> None:
+        self.fields = tuple(f for f in FIELD_TYPES if f in set_fields or f == "quality")
         self.statement = schema.upsert_statement(self.fields)
-        self.values = attrgetter(*self.fields)
+        self.values: Callable[[DERTelemetry], tuple[Any, ...]]
+        if len(self.fields) == 1:
+            only = self.fields[0]
+            self.values = lambda record: (getattr(record, only),)
+        else:
+            self.values = attrgetter(*self.fields)
+
+
+def _dirty_spans(groups: Iterable[list[tuple[Any, ...]]]) -> list[tuple[int, int, int, int]]:
+    """``(dev, day, first_ts, last_ts)`` spans that rollups must recompute for these rows.
+
+    When the rows fall in one UTC day (the usual case) every device gets the batch's whole span,
+    computed in bulk; the recompute only reads rows that exist, so the over-approximation is cheap.
+    """
+    spans: dict[tuple[int, int], list[int]] = {}
+    for rows in groups:
+        stamps = [row[1] for row in rows]
+        lo, hi = min(stamps), max(stamps)
+        if lo // DAY_MS == hi // DAY_MS:
+            for dev in {row[0] for row in rows}:
+                span = spans.setdefault((dev, lo // DAY_MS), [lo, hi])
+                span[0], span[1] = min(span[0], lo), max(span[1], hi)
+            continue
+        for dev, ts, *_ in rows:
+            span = spans.setdefault((dev, ts // DAY_MS), [ts, ts])
+            span[0], span[1] = min(span[0], ts), max(span[1], ts)
+    return [(dev, day, lo, hi) for (dev, day), (lo, hi) in spans.items()]
 
 
 class SQLiteStore:
@@ -80,7 +111,7 @@ class SQLiteStore:
         self._dev_keys: dict[str, int] = {}
         self._dev_fields: dict[int, frozenset[str]] = {}
         """Per series, the fields any stored reading has set: the default columns of a query."""
-        self._makers = {cls: _RowMaker(cls) for cls in TELEMETRY_CLASSES}
+        self._makers: dict[frozenset[str], _RowMaker] = {}
         self._last_rollup = time.monotonic()
 
     # ---------------------------------------------------------------- lifecycle
@@ -156,38 +187,33 @@ class SQLiteStore:
 
     def _write_sync(self, records: Sequence[DERTelemetry]) -> None:
         conn = self._require_writer()
-        by_class: dict[type[DERTelemetry], list[tuple[Any, ...]]] = {}
-        dirty: dict[tuple[int, int], list[int]] = {}
-        keys, seen = self._dev_keys, self._dev_fields
+        groups: dict[frozenset[str], list[tuple[Any, ...]]] = {}
+        keys, seen, makers = self._dev_keys, self._dev_fields, self._makers
         new_fields: dict[int, frozenset[str]] = {}
         for record in records:
             dev = keys.get(record.device_id)
             if dev is None:
                 dev = self._register_series(conn, record.device_id)
-            if not record.model_fields_set <= seen[dev]:
-                seen[dev] = new_fields[dev] = seen[dev] | (record.model_fields_set & FIELD_SET)
-            ts = (record.timestamp - EPOCH) // ONE_MS
-            maker = self._makers[type(record)]
-            rows = by_class.get(type(record))
+            present = frozenset(record.model_fields_set)
+            if not present <= seen[dev]:
+                seen[dev] = new_fields[dev] = seen[dev] | (present & FIELD_SET)
+            rows = groups.get(present)
             if rows is None:
-                rows = by_class[type(record)] = []
-            rows.append((dev, ts, *maker.values(record)))
-            span = dirty.get((dev, ts // DAY_MS))
-            if span is None:
-                dirty[(dev, ts // DAY_MS)] = [ts, ts]
-            elif ts < span[0]:
-                span[0] = ts
-            elif ts > span[1]:
-                span[1] = ts
+                rows = groups[present] = []
+                if present not in makers:
+                    makers[present] = _RowMaker(present)
+            rows.append(
+                (dev, (record.timestamp - EPOCH) // ONE_MS, *makers[present].values(record))
+            )
         conn.execute("BEGIN")
         try:
-            for cls, rows in by_class.items():
-                conn.executemany(self._makers[cls].statement, rows)
+            for present, rows in groups.items():
+                conn.executemany(makers[present].statement, rows)
             conn.executemany(
                 "INSERT INTO rollup_dirty (dev, day, lo, hi) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (dev, day) DO UPDATE SET lo = min(lo, excluded.lo), "
                 "hi = max(hi, excluded.hi)",
-                [(dev, day, lo, hi) for (dev, day), (lo, hi) in dirty.items()],
+                _dirty_spans(groups.values()),
             )
             conn.executemany(
                 "UPDATE series SET fields = ? WHERE dev = ?",
@@ -226,16 +252,18 @@ class SQLiteStore:
         conn.execute("BEGIN")
         try:
             for dev, day, lo, hi in dirty:
+                stored = self._dev_fields.get(dev, frozenset())
+                fields = tuple(f for f in AGGREGATABLE_FIELDS if f in stored)
                 width = finest.milliseconds
                 conn.execute(
-                    schema.rollup_from_raw_statement(finest),
+                    schema.rollup_from_raw_statement(finest, fields),
                     (dev, lo - lo % width, hi - hi % width + width),
                 )
                 source = finest
                 for tier in coarser:
                     width = tier.milliseconds
                     conn.execute(
-                        schema.rollup_from_tier_statement(tier, source),
+                        schema.rollup_from_tier_statement(tier, source, fields),
                         (dev, lo - lo % width, hi - hi % width + width),
                     )
                     source = tier

@@ -9,6 +9,8 @@ downsampled query reads one row per bucket instead of scanning raw data.
 
 from __future__ import annotations
 
+import functools
+
 from derim.storage.base import AGGREGATABLE_FIELDS, FIELD_TYPES, Interval
 
 TIERS: tuple[Interval, ...] = (Interval.MINUTE, Interval.QUARTER_HOUR, Interval.HOUR, Interval.DAY)
@@ -63,6 +65,7 @@ def missing_columns(table: str, existing: set[str]) -> list[str]:
     ]
 
 
+@functools.cache
 def upsert_statement(fields: tuple[str, ...]) -> str:
     """Insert raw rows ``(dev, ts, *fields)``; a second reading at the same instant fills gaps."""
     cols = ", ".join(fields)
@@ -74,47 +77,51 @@ def upsert_statement(fields: tuple[str, ...]) -> str:
     )
 
 
-def rollup_from_raw_statement(interval: Interval) -> str:
+def _stat_columns(fields: tuple[str, ...]) -> str:
+    return "".join(f", {stat}_{f}" for f in fields for stat in STATS)
+
+
+@functools.cache
+def rollup_from_raw_statement(interval: Interval, fields: tuple[str, ...]) -> str:
     """Recompute one device's buckets of the finest tier in ``[?, ?)`` from raw rows.
 
-    Parameters: dev, start_ms, end_ms. ``last_<f>`` is the field in the bucket's latest record.
+    Parameters: dev, start_ms, end_ms. Only ``fields`` (those the device has reported) are
+    aggregated; the other statistic columns stay null. ``last_<f>`` is the field in the bucket's
+    latest record.
     """
     width = interval.milliseconds
-    aggs = ", ".join(
-        f"count({f}) AS n_{f}, sum({f}) AS sum_{f}, min({f}) AS min_{f}, max({f}) AS max_{f}"
-        for f in AGGREGATABLE_FIELDS
+    aggs = "".join(
+        f", count({f}) AS n_{f}, sum({f}) AS sum_{f}, min({f}) AS min_{f}, max({f}) AS max_{f}"
+        for f in fields
     )
-    select_stats = ", ".join(
-        f"a.n_{f}, a.sum_{f}, a.min_{f}, a.max_{f}, l.{f}" for f in AGGREGATABLE_FIELDS
-    )
+    stats = "".join(f", a.n_{f}, a.sum_{f}, a.min_{f}, a.max_{f}, l.{f}" for f in fields)
     return (
-        f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts, "
-        f"{', '.join(tier_columns())}) "
-        f"SELECT a.dev, a.bucket, a.n, a.last_ts, {select_stats} FROM ("
-        f"SELECT dev, (ts / {width}) * {width} AS bucket, count(*) AS n, max(ts) AS last_ts, "
+        f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts"
+        f"{_stat_columns(fields)}) SELECT a.dev, a.bucket, a.n, a.last_ts{stats} FROM ("
+        f"SELECT dev, (ts / {width}) * {width} AS bucket, count(*) AS n, max(ts) AS last_ts"
         f"{aggs} FROM telemetry WHERE dev = ? AND ts >= ? AND ts < ? GROUP BY bucket) AS a "
         f"JOIN telemetry AS l ON l.dev = a.dev AND l.ts = a.last_ts"
     )
 
 
-def rollup_from_tier_statement(interval: Interval, source: Interval) -> str:
+@functools.cache
+def rollup_from_tier_statement(
+    interval: Interval, source: Interval, fields: tuple[str, ...]
+) -> str:
     """Recompute one device's ``interval`` buckets in ``[?, ?)`` from the finer ``source`` tier."""
     width = interval.milliseconds
     src = tier_table(source)
-    aggs = ", ".join(
-        f"sum(n_{f}) AS n_{f}, sum(sum_{f}) AS sum_{f}, min(min_{f}) AS min_{f}, "
+    aggs = "".join(
+        f", sum(n_{f}) AS n_{f}, sum(sum_{f}) AS sum_{f}, min(min_{f}) AS min_{f}, "
         f"max(max_{f}) AS max_{f}"
-        for f in AGGREGATABLE_FIELDS
+        for f in fields
     )
-    select_stats = ", ".join(
-        f"a.n_{f}, a.sum_{f}, a.min_{f}, a.max_{f}, l.last_{f}" for f in AGGREGATABLE_FIELDS
-    )
+    stats = "".join(f", a.n_{f}, a.sum_{f}, a.min_{f}, a.max_{f}, l.last_{f}" for f in fields)
     return (
-        f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts, "
-        f"{', '.join(tier_columns())}) "
-        f"SELECT a.dev, a.bucket, a.n, a.last_ts, {select_stats} FROM ("
+        f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts"
+        f"{_stat_columns(fields)}) SELECT a.dev, a.bucket, a.n, a.last_ts{stats} FROM ("
         f"SELECT dev, (bucket / {width}) * {width} AS bucket, sum(n) AS n, "
-        f"max(last_ts) AS last_ts, max(bucket) AS last_bucket, {aggs} "
+        f"max(last_ts) AS last_ts, max(bucket) AS last_bucket{aggs} "
         f"FROM {src} WHERE dev = ? AND bucket >= ? AND bucket < ? GROUP BY 2) AS a "
         f"JOIN {src} AS l ON l.dev = a.dev AND l.bucket = a.last_bucket"
     )
