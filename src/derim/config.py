@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     retention_days: float | None = _setting(None, "retention_days", gt=0)
     """Raw readings older than this are deleted (rollup tiers are kept); None keeps everything."""
     max_body_bytes: int = _setting(8 * 1024 * 1024, "max_body_bytes", ge=1024)
-    ingest_max_batch: int = _setting(10_000, "ingest_max_batch", ge=1)
+    ingest_max_batch: int = _setting(50_000, "ingest_max_batch", ge=1)
     ingest_max_pending: int = _setting(200_000, "ingest_max_pending", ge=1)
     spool_retry_s: float = _setting(1.0, "spool_retry_s", gt=0)
     lstm_epochs: int = _setting(50, "lstm_epochs", "LSTM_EPOCHS", ge=1)

@@ -1,0 +1,21 @@
+"""Fixtures for integration tests: real servers on loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from influxd import MISSING, InfluxServer, influxd_binary
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """One ``influxd`` for the session; tests use their own databases in it."""
+    if influxd_binary() is None:
+        pytest.fail(MISSING, pytrace=False)
+    server = InfluxServer(tmp_path_factory.mktemp("influxd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
