@@ -50,11 +50,13 @@ class Figure:
     runs: list[float] = field(default_factory=list)
     baseline_runs: list[float] = field(default_factory=list)
     note: str = ""
+    no_ratio: bool = False
+    """Set where ``ours / baseline`` means nothing (a slope near zero)."""
 
     @property
     def ratio(self) -> float | None:
         """``ours / baseline`` (for throughput the share of raw; for latency times slower)."""
-        if self.baseline is None or self.baseline == 0:
+        if self.no_ratio or self.baseline is None or self.baseline == 0:
             return None
         return self.ours / self.baseline
 

@@ -14,6 +14,7 @@ from derim.api.deps import get_services
 from derim.api.responses import JSONResponse
 from derim.errors import InvalidRequestError
 from derim.ingest import validate_readings
+from derim.models.common import to_utc
 from derim.services import Services
 from derim.storage.base import (
     Aggregation,
@@ -87,8 +88,8 @@ async def query_telemetry(
     a page never silently cuts off data.
     """
     services.registry.get(device_id)
-    end = end or datetime.now(UTC)
-    start = start or end - DEFAULT_WINDOW
+    end = to_utc(end) if end else datetime.now(UTC)
+    start = to_utc(start) if start else end - DEFAULT_WINDOW
     query = TelemetryQuery(
         device_id=device_id,
         start_ms=to_epoch_ms(start),
@@ -110,8 +111,8 @@ async def query_telemetry(
     head = orjson.dumps(
         {
             "device_id": device_id,
-            "start": start.astimezone(UTC),
-            "end": end.astimezone(UTC),
+            "start": start,
+            "end": end,
             "every": every,
             "agg": agg if every else None,
             "count": page.count,
