@@ -3,8 +3,8 @@
 The raw table ``telemetry`` has one column per canonical field and the primary key ``(dev, ts)``
 (``WITHOUT ROWID``), so a device's time range is one contiguous B-tree walk. ``ts`` is epoch
 milliseconds; ``dev`` is a small integer from ``series``. Each rollup tier ``rollup_<ms>`` holds,
-per device and bucket, the count, sum, min, max and last value of every real-valued field, so a
-downsampled query reads one row per bucket instead of scanning raw data.
+per device and bucket, the count, sum, min, max and last non-null value of every real-valued
+field, so a downsampled query reads one row per bucket instead of scanning raw data.
 """
 
 from __future__ import annotations
@@ -86,21 +86,25 @@ def rollup_from_raw_statement(interval: Interval, fields: tuple[str, ...]) -> st
     """Recompute one device's buckets of the finest tier in ``[?, ?)`` from raw rows.
 
     Parameters: dev, start_ms, end_ms. Only ``fields`` (those the device has reported) are
-    aggregated; the other statistic columns stay null. ``last_<f>`` is the field in the bucket's
-    latest record.
+    aggregated; the other statistic columns stay null. ``last_<f>`` is the field's latest non-null
+    value in the bucket (one primary-key lookup per field and bucket).
     """
     width = interval.milliseconds
     aggs = "".join(
         f", count({f}) AS n_{f}, sum({f}) AS sum_{f}, min({f}) AS min_{f}, max({f}) AS max_{f}"
+        f", max(CASE WHEN {f} IS NOT NULL THEN ts END) AS at_{f}"
         for f in fields
     )
-    stats = "".join(f", a.n_{f}, a.sum_{f}, a.min_{f}, a.max_{f}, l.{f}" for f in fields)
+    stats = "".join(
+        f", n_{f}, sum_{f}, min_{f}, max_{f}, "
+        f"(SELECT {f} FROM telemetry WHERE dev = a.dev AND ts = a.at_{f})"
+        for f in fields
+    )
     return (
         f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts"
-        f"{_stat_columns(fields)}) SELECT a.dev, a.bucket, a.n, a.last_ts{stats} FROM ("
+        f"{_stat_columns(fields)}) SELECT dev, bucket, n, last_ts{stats} FROM ("
         f"SELECT dev, (ts / {width}) * {width} AS bucket, count(*) AS n, max(ts) AS last_ts"
-        f"{aggs} FROM telemetry WHERE dev = ? AND ts >= ? AND ts < ? GROUP BY bucket) AS a "
-        f"JOIN telemetry AS l ON l.dev = a.dev AND l.ts = a.last_ts"
+        f"{aggs} FROM telemetry WHERE dev = ? AND ts >= ? AND ts < ? GROUP BY bucket) AS a"
     )
 
 
@@ -113,17 +117,20 @@ def rollup_from_tier_statement(
     src = tier_table(source)
     aggs = "".join(
         f", sum(n_{f}) AS n_{f}, sum(sum_{f}) AS sum_{f}, min(min_{f}) AS min_{f}, "
-        f"max(max_{f}) AS max_{f}"
+        f"max(max_{f}) AS max_{f}, max(CASE WHEN last_{f} IS NOT NULL THEN bucket END) AS at_{f}"
         for f in fields
     )
-    stats = "".join(f", a.n_{f}, a.sum_{f}, a.min_{f}, a.max_{f}, l.last_{f}" for f in fields)
+    stats = "".join(
+        f", n_{f}, sum_{f}, min_{f}, max_{f}, "
+        f"(SELECT last_{f} FROM {src} WHERE dev = a.dev AND bucket = a.at_{f})"
+        for f in fields
+    )
     return (
         f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts"
-        f"{_stat_columns(fields)}) SELECT a.dev, a.bucket, a.n, a.last_ts{stats} FROM ("
-        f"SELECT dev, (bucket / {width}) * {width} AS bucket, sum(n) AS n, "
-        f"max(last_ts) AS last_ts, max(bucket) AS last_bucket{aggs} "
-        f"FROM {src} WHERE dev = ? AND bucket >= ? AND bucket < ? GROUP BY 2) AS a "
-        f"JOIN {src} AS l ON l.dev = a.dev AND l.bucket = a.last_bucket"
+        f"{_stat_columns(fields)}) SELECT dev, b, n, last_ts{stats} FROM ("
+        f"SELECT dev, (bucket / {width}) * {width} AS b, sum(n) AS n, "
+        f"max(last_ts) AS last_ts{aggs} "
+        f"FROM {src} WHERE dev = ? AND bucket >= ? AND bucket < ? GROUP BY b) AS a"
     )
 
 

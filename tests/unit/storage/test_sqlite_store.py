@@ -270,3 +270,28 @@ async def test_health_reports_backlog(store: SQLiteStore) -> None:
     assert health.reachable
     assert health.backend == "sqlite"
     assert health.extra["devices"] == 1
+
+
+async def test_last_is_the_latest_non_null_value_of_each_field(store: SQLiteStore) -> None:
+    """A field reported less often than others still has a bucket 'last' (sparse counters)."""
+    readings = [
+        MeterTelemetry(device_id="m", timestamp=T0 + timedelta(seconds=s), power_kw=float(s))
+        for s in range(0, 7200, 10)
+    ]
+    readings += [
+        MeterTelemetry(
+            device_id="m",
+            timestamp=T0 + timedelta(minutes=m, seconds=5),
+            energy_import_kwh=100.0 + m,
+        )
+        for m in range(0, 120, 15)
+    ]
+    await store.write(readings)
+    for every in (Interval.QUARTER_HOUR, Interval.HOUR, Interval.DAY):
+        page = await store.query(
+            q("m", every=every, agg=Aggregation.LAST, fields=("power_kw", "energy_import_kwh"))
+        )
+        rows = orjson.loads(page.records_json)
+        last = rows[-1]
+        assert last["power_kw"] == 7190.0
+        assert last["energy_import_kwh"] == 205.0
