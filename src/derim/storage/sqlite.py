@@ -2,9 +2,11 @@
 
 Writes run on a single dedicated thread (SQLite has one writer) so the event loop never blocks on
 disk; reads run on a small pool of threads with their own connections, which WAL lets proceed
-while a write is in progress. Rollup tiers are refreshed on the writer thread from a persisted list
-of dirty (device, day) ranges: at most every ``rollup_interval_s`` during writes, on demand, and
-before any downsampled query, so answers are never stale.
+while a write is in progress. Writes append to a staging table (cheap however many devices a batch
+covers) that is merged into the raw table in large sorted batches, before any read that needs it.
+Rollup tiers are refreshed on the writer thread from a persisted list of dirty (device, day) spans:
+at most every ``rollup_interval_s`` during writes, on demand, and before any downsampled query, so
+answers are never stale.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -43,6 +45,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS = timedelta(milliseconds=1)
 DAY_MS = 86_400_000
 FIELD_SET = frozenset(FIELD_TYPES) | {"device_id", "timestamp"}
+MERGE_ROWS = 50_000
+"""Staged rows that trigger a merge into the raw table (reads and rollups merge first anyway)."""
 PARALLEL_PAGE_ROWS = 5_000
 """Pages that may hold more rows than this are built in two slices in parallel."""
 
@@ -56,34 +60,13 @@ class _RowMaker:
 
     def __init__(self, set_fields: frozenset[str]) -> None:
         self.fields = tuple(f for f in FIELD_TYPES if f in set_fields or f == "quality")
-        self.statement = schema.upsert_statement(self.fields)
+        self.statement = schema.stage_statement(self.fields)
         self.values: Callable[[DERTelemetry], tuple[Any, ...]]
         if len(self.fields) == 1:
             only = self.fields[0]
             self.values = lambda record: (getattr(record, only),)
         else:
             self.values = attrgetter(*self.fields)
-
-
-def _dirty_spans(groups: Iterable[list[tuple[Any, ...]]]) -> list[tuple[int, int, int, int]]:
-    """``(dev, day, first_ts, last_ts)`` spans that rollups must recompute for these rows.
-
-    When the rows fall in one UTC day (the usual case) every device gets the batch's whole span,
-    computed in bulk; the recompute only reads rows that exist, so the over-approximation is cheap.
-    """
-    spans: dict[tuple[int, int], list[int]] = {}
-    for rows in groups:
-        stamps = [row[1] for row in rows]
-        lo, hi = min(stamps), max(stamps)
-        if lo // DAY_MS == hi // DAY_MS:
-            for dev in {row[0] for row in rows}:
-                span = spans.setdefault((dev, lo // DAY_MS), [lo, hi])
-                span[0], span[1] = min(span[0], lo), max(span[1], hi)
-            continue
-        for dev, ts, *_ in rows:
-            span = spans.setdefault((dev, ts // DAY_MS), [ts, ts])
-            span[0], span[1] = min(span[0], ts), max(span[1], ts)
-    return [(dev, day, lo, hi) for (dev, day), (lo, hi) in spans.items()]
 
 
 class SQLiteStore:
@@ -112,6 +95,8 @@ class SQLiteStore:
         self._dev_fields: dict[int, frozenset[str]] = {}
         """Per series, the fields any stored reading has set: the default columns of a query."""
         self._makers: dict[frozenset[str], _RowMaker] = {}
+        self._staged = 0
+        self._staged_devs: set[int] = set()
         self._last_rollup = time.monotonic()
 
     # ---------------------------------------------------------------- lifecycle
@@ -128,7 +113,8 @@ class SQLiteStore:
         with conn:
             for statement in schema.create_statements():
                 conn.execute(statement)
-            for table in ["telemetry", *(schema.tier_table(t) for t in schema.TIERS)]:
+            tables = ["telemetry", "staging", *(schema.tier_table(t) for t in schema.TIERS)]
+            for table in tables:
                 existing = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
                 for statement in schema.missing_columns(table, existing):
                     conn.execute(statement)
@@ -136,6 +122,8 @@ class SQLiteStore:
             self._dev_keys[device_id] = dev
             self._dev_fields[dev] = frozenset(fields.split(",")) - {""}
         self._write_conn = conn
+        (self._staged,) = conn.execute("SELECT count(*) FROM staging").fetchone()
+        self._merge_sync()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -209,12 +197,7 @@ class SQLiteStore:
         try:
             for present, rows in groups.items():
                 conn.executemany(makers[present].statement, rows)
-            conn.executemany(
-                "INSERT INTO rollup_dirty (dev, day, lo, hi) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (dev, day) DO UPDATE SET lo = min(lo, excluded.lo), "
-                "hi = max(hi, excluded.hi)",
-                _dirty_spans(groups.values()),
-            )
+                self._staged_devs.update([row[0] for row in rows])
             conn.executemany(
                 "UPDATE series SET fields = ? WHERE dev = ?",
                 [(",".join(sorted(fields)), dev) for dev, fields in new_fields.items()],
@@ -223,8 +206,27 @@ class SQLiteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._staged += len(records)
+        if self._staged >= MERGE_ROWS:
+            self._merge_sync()
         if time.monotonic() - self._last_rollup > self._rollup_interval_s:
             self._refresh_rollups_sync()
+
+    def _merge_sync(self) -> None:
+        """Move staged rows into the raw table (one sorted pass) and mark dirty rollups."""
+        if not self._staged:
+            return
+        conn = self._require_writer()
+        conn.execute("BEGIN")
+        try:
+            for statement in schema.merge_statements():
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._staged = 0
+        self._staged_devs.clear()
 
     def _require_writer(self) -> sqlite3.Connection:
         if self._write_conn is None:
@@ -243,34 +245,22 @@ class SQLiteStore:
         await self._on_writer(self._refresh_rollups_sync)
 
     def _refresh_rollups_sync(self) -> None:
+        self._merge_sync()
         conn = self._require_writer()
         self._last_rollup = time.monotonic()
-        dirty = conn.execute("SELECT dev, day, lo, hi FROM rollup_dirty").fetchall()
-        if not dirty:
+        if conn.execute("SELECT 1 FROM rollup_dirty LIMIT 1").fetchone() is None:
             return
+        reported = frozenset().union(*self._dev_fields.values())
+        fields = tuple(f for f in AGGREGATABLE_FIELDS if f in reported)
         finest, *coarser = schema.TIERS
         conn.execute("BEGIN")
         try:
-            for dev, day, lo, hi in dirty:
-                stored = self._dev_fields.get(dev, frozenset())
-                fields = tuple(f for f in AGGREGATABLE_FIELDS if f in stored)
-                width = finest.milliseconds
-                conn.execute(
-                    schema.rollup_from_raw_statement(finest, fields),
-                    (dev, lo - lo % width, hi - hi % width + width),
-                )
-                source = finest
-                for tier in coarser:
-                    width = tier.milliseconds
-                    conn.execute(
-                        schema.rollup_from_tier_statement(tier, source, fields),
-                        (dev, lo - lo % width, hi - hi % width + width),
-                    )
-                    source = tier
-                conn.execute(
-                    "DELETE FROM rollup_dirty WHERE dev = ? AND day = ? AND lo = ? AND hi = ?",
-                    (dev, day, lo, hi),
-                )
+            conn.execute(schema.rollup_from_raw_statement(finest, fields))
+            source = finest
+            for tier in coarser:
+                conn.execute(schema.rollup_from_tier_statement(tier, source, fields))
+                source = tier
+            conn.execute("DELETE FROM rollup_dirty")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -286,6 +276,8 @@ class SQLiteStore:
         """
         if query.every is not None:
             await self.refresh_rollups()
+        elif self._dev_keys.get(query.device_id) in self._staged_devs:
+            await self._on_writer(self._merge_sync)
         window = await self._on_reader(self._page_window_sync, query)
         if window is None:
             return TelemetryPage(records_json=b"[]", count=0, next_cursor=None)
@@ -367,6 +359,8 @@ class SQLiteStore:
 
     async def latest(self, device_ids: Sequence[str]) -> dict[str, dict[str, object]]:
         """The newest record of each listed device that has data."""
+        if self._staged:
+            await self._on_writer(self._merge_sync)
         return await self._on_reader(self._latest_sync, list(device_ids))
 
     def _latest_sync(self, device_ids: list[str]) -> dict[str, dict[str, object]]:
@@ -393,6 +387,7 @@ class SQLiteStore:
         await self._on_writer(self._delete_device_sync, device_id)
 
     def _delete_device_sync(self, device_id: str) -> None:
+        self._merge_sync()
         conn = self._require_writer()
         dev = self._dev_keys.get(device_id)
         if dev is None:
@@ -408,6 +403,7 @@ class SQLiteStore:
         await self._on_writer(self._retention_sync, older_than_ms)
 
     def _retention_sync(self, older_than_ms: int) -> None:
+        self._merge_sync()
         conn = self._require_writer()
         with conn:
             conn.execute("BEGIN")
@@ -429,6 +425,7 @@ class SQLiteStore:
             extra={
                 "file_bytes": size,
                 "rollup_backlog": int(dirty),
+                "staged_rows": self._staged,
                 "devices": len(self._dev_keys),
             },
         )

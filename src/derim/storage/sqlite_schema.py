@@ -1,6 +1,8 @@
 """SQL for the SQLite backend: one wide raw table keyed by (device, time) and rollup tiers.
 
-The raw table ``telemetry`` has one column per canonical field and the primary key ``(dev, ts)``
+Writes append to ``staging`` (a plain rowid table, so a commit touches a page or two however many
+devices it covers); a merge moves staged rows into ``telemetry`` in large sorted batches. The raw
+table ``telemetry`` has one column per canonical field and the primary key ``(dev, ts)``
 (``WITHOUT ROWID``), so a device's time range is one contiguous B-tree walk. ``ts`` is epoch
 milliseconds; ``dev`` is a small integer from ``series``. Each rollup tier ``rollup_<ms>`` holds,
 per device and bucket, the count, sum, min, max and last non-null value of every real-valued
@@ -35,6 +37,8 @@ def create_statements() -> list[str]:
     """DDL for a fresh database (idempotent)."""
     raw_cols = ", ".join(f"{n} {SQL_TYPES[t]}" for n, t in FIELD_TYPES.items())
     statements = [
+        f"CREATE TABLE IF NOT EXISTS staging (seq INTEGER PRIMARY KEY, dev INTEGER NOT NULL, "
+        f"ts INTEGER NOT NULL, {raw_cols})",
         "CREATE TABLE IF NOT EXISTS series (dev INTEGER PRIMARY KEY, "
         "device_id TEXT UNIQUE NOT NULL, fields TEXT NOT NULL DEFAULT '')",
         f"CREATE TABLE IF NOT EXISTS telemetry (dev INTEGER NOT NULL, ts INTEGER NOT NULL, "
@@ -56,7 +60,7 @@ def create_statements() -> list[str]:
 
 def missing_columns(table: str, existing: set[str]) -> list[str]:
     """``ALTER TABLE`` statements adding canonical columns that an older table lacks."""
-    if table == "telemetry":
+    if table in ("telemetry", "staging"):
         wanted = {n: SQL_TYPES[t] for n, t in FIELD_TYPES.items()}
     else:
         wanted = {c: "INTEGER" if c.startswith("n_") else "REAL" for c in tier_columns()}
@@ -66,33 +70,52 @@ def missing_columns(table: str, existing: set[str]) -> list[str]:
 
 
 @functools.cache
-def upsert_statement(fields: tuple[str, ...]) -> str:
-    """Insert raw rows ``(dev, ts, *fields)``; a second reading at the same instant fills gaps."""
-    cols = ", ".join(fields)
+def stage_statement(fields: tuple[str, ...]) -> str:
+    """Append rows ``(dev, ts, *fields)`` to the staging table (no index: a cheap append)."""
     marks = ", ".join("?" * (len(fields) + 2))
-    updates = ", ".join(f"{f} = coalesce(excluded.{f}, {f})" for f in fields)
-    return (
-        f"INSERT INTO telemetry (dev, ts, {cols}) VALUES ({marks}) "
-        f"ON CONFLICT (dev, ts) DO UPDATE SET {updates}"
-    )
+    return f"INSERT INTO staging (dev, ts, {', '.join(fields)}) VALUES ({marks})"
+
+
+def merge_statements() -> list[str]:
+    """Move staged rows into ``telemetry`` in key order and mark the rollups they touch.
+
+    A second reading of a device at the same instant fills the first one's gaps; among staged
+    duplicates the later one (higher ``seq``) wins.
+    """
+    cols = ", ".join(FIELD_TYPES)
+    updates = ", ".join(f"{f} = coalesce(excluded.{f}, {f})" for f in FIELD_TYPES)
+    return [
+        f"INSERT INTO telemetry (dev, ts, {cols}) SELECT dev, ts, {cols} FROM staging "
+        f"WHERE true ORDER BY dev, ts, seq ON CONFLICT (dev, ts) DO UPDATE SET {updates}",
+        "INSERT INTO rollup_dirty (dev, day, lo, hi) "
+        "SELECT dev, ts / 86400000, min(ts), max(ts) FROM staging WHERE true "
+        "GROUP BY dev, ts / 86400000 ON CONFLICT (dev, day) DO UPDATE SET "
+        "lo = min(lo, excluded.lo), hi = max(hi, excluded.hi)",
+        "DELETE FROM staging",
+    ]
 
 
 def _stat_columns(fields: tuple[str, ...]) -> str:
     return "".join(f", {stat}_{f}" for f in fields for stat in STATS)
 
 
+def _dirty_range(width: int, column: str) -> str:
+    """Join condition: ``column`` lies in a dirty span widened to whole buckets of ``width`` ms."""
+    return f"{column} >= d.lo - d.lo % {width} AND {column} < d.hi - d.hi % {width} + {width}"
+
+
 @functools.cache
 def rollup_from_raw_statement(interval: Interval, fields: tuple[str, ...]) -> str:
-    """Recompute one device's buckets of the finest tier in ``[?, ?)`` from raw rows.
+    """Recompute the finest tier's buckets of every dirty span from raw rows, in one statement.
 
-    Parameters: dev, start_ms, end_ms. Only ``fields`` (those the device has reported) are
-    aggregated; the other statistic columns stay null. ``last_<f>`` is the field's latest non-null
-    value in the bucket (one primary-key lookup per field and bucket).
+    Only ``fields`` are aggregated; the other statistic columns stay null. ``last_<f>`` is the
+    field's latest non-null value in the bucket (one primary-key lookup per field and bucket).
+    Spans lie within one UTC day and every tier width divides a day, so spans never share a bucket.
     """
     width = interval.milliseconds
     aggs = "".join(
-        f", count({f}) AS n_{f}, sum({f}) AS sum_{f}, min({f}) AS min_{f}, max({f}) AS max_{f}"
-        f", max(CASE WHEN {f} IS NOT NULL THEN ts END) AS at_{f}"
+        f", count(t.{f}) AS n_{f}, sum(t.{f}) AS sum_{f}, min(t.{f}) AS min_{f}, "
+        f"max(t.{f}) AS max_{f}, max(CASE WHEN t.{f} IS NOT NULL THEN t.ts END) AS at_{f}"
         for f in fields
     )
     stats = "".join(
@@ -103,8 +126,9 @@ def rollup_from_raw_statement(interval: Interval, fields: tuple[str, ...]) -> st
     return (
         f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts"
         f"{_stat_columns(fields)}) SELECT dev, bucket, n, last_ts{stats} FROM ("
-        f"SELECT dev, (ts / {width}) * {width} AS bucket, count(*) AS n, max(ts) AS last_ts"
-        f"{aggs} FROM telemetry WHERE dev = ? AND ts >= ? AND ts < ? GROUP BY bucket) AS a"
+        f"SELECT t.dev AS dev, (t.ts / {width}) * {width} AS bucket, count(*) AS n, "
+        f"max(t.ts) AS last_ts{aggs} FROM rollup_dirty AS d JOIN telemetry AS t "
+        f"ON t.dev = d.dev AND {_dirty_range(width, 't.ts')} GROUP BY t.dev, bucket) AS a"
     )
 
 
@@ -112,12 +136,13 @@ def rollup_from_raw_statement(interval: Interval, fields: tuple[str, ...]) -> st
 def rollup_from_tier_statement(
     interval: Interval, source: Interval, fields: tuple[str, ...]
 ) -> str:
-    """Recompute one device's ``interval`` buckets in ``[?, ?)`` from the finer ``source`` tier."""
+    """Recompute ``interval`` buckets of every dirty span from the finer ``source`` tier."""
     width = interval.milliseconds
     src = tier_table(source)
     aggs = "".join(
-        f", sum(n_{f}) AS n_{f}, sum(sum_{f}) AS sum_{f}, min(min_{f}) AS min_{f}, "
-        f"max(max_{f}) AS max_{f}, max(CASE WHEN last_{f} IS NOT NULL THEN bucket END) AS at_{f}"
+        f", sum(s.n_{f}) AS n_{f}, sum(s.sum_{f}) AS sum_{f}, min(s.min_{f}) AS min_{f}, "
+        f"max(s.max_{f}) AS max_{f}, "
+        f"max(CASE WHEN s.last_{f} IS NOT NULL THEN s.bucket END) AS at_{f}"
         for f in fields
     )
     stats = "".join(
@@ -128,9 +153,9 @@ def rollup_from_tier_statement(
     return (
         f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts"
         f"{_stat_columns(fields)}) SELECT dev, b, n, last_ts{stats} FROM ("
-        f"SELECT dev, (bucket / {width}) * {width} AS b, sum(n) AS n, "
-        f"max(last_ts) AS last_ts{aggs} "
-        f"FROM {src} WHERE dev = ? AND bucket >= ? AND bucket < ? GROUP BY b) AS a"
+        f"SELECT s.dev AS dev, (s.bucket / {width}) * {width} AS b, sum(s.n) AS n, "
+        f"max(s.last_ts) AS last_ts{aggs} FROM rollup_dirty AS d JOIN {src} AS s "
+        f"ON s.dev = d.dev AND {_dirty_range(width, 's.bucket')} GROUP BY s.dev, b) AS a"
     )
 
 
