@@ -178,11 +178,15 @@ class SQLiteStore:
         groups: dict[frozenset[str], list[tuple[Any, ...]]] = {}
         keys, seen, makers = self._dev_keys, self._dev_fields, self._makers
         new_fields: dict[int, frozenset[str]] = {}
+        last_set: set[str] | None = None
+        present: frozenset[str] = frozenset()
         for record in records:
             dev = keys.get(record.device_id)
             if dev is None:
                 dev = self._register_series(conn, record.device_id)
-            present = frozenset(record.model_fields_set)
+            fields_set = record.model_fields_set
+            if fields_set != last_set:
+                last_set, present = fields_set, frozenset(fields_set)
             if not present <= seen[dev]:
                 seen[dev] = new_fields[dev] = seen[dev] | (present & FIELD_SET)
             rows = groups.get(present)
@@ -248,18 +252,28 @@ class SQLiteStore:
         self._merge_sync()
         conn = self._require_writer()
         self._last_rollup = time.monotonic()
-        if conn.execute("SELECT 1 FROM rollup_dirty LIMIT 1").fetchone() is None:
+        dirty = conn.execute("SELECT dev, lo, hi FROM rollup_dirty").fetchall()
+        if not dirty:
             return
-        reported = frozenset().union(*self._dev_fields.values())
-        fields = tuple(f for f in AGGREGATABLE_FIELDS if f in reported)
         finest, *coarser = schema.TIERS
         conn.execute("BEGIN")
         try:
-            conn.execute(schema.rollup_from_raw_statement(finest, fields))
-            source = finest
-            for tier in coarser:
-                conn.execute(schema.rollup_from_tier_statement(tier, source, fields))
-                source = tier
+            for dev, lo, hi in dirty:
+                stored = self._dev_fields.get(dev, frozenset())
+                fields = tuple(f for f in AGGREGATABLE_FIELDS if f in stored)
+                width = finest.milliseconds
+                conn.execute(
+                    schema.rollup_from_raw_statement(finest, fields),
+                    (dev, lo - lo % width, hi - hi % width + width),
+                )
+                source = finest
+                for tier in coarser:
+                    width = tier.milliseconds
+                    conn.execute(
+                        schema.rollup_from_tier_statement(tier, source, fields),
+                        (dev, lo - lo % width, hi - hi % width + width),
+                    )
+                    source = tier
             conn.execute("DELETE FROM rollup_dirty")
             conn.execute("COMMIT")
         except BaseException:

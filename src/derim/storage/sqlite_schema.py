@@ -99,23 +99,19 @@ def _stat_columns(fields: tuple[str, ...]) -> str:
     return "".join(f", {stat}_{f}" for f in fields for stat in STATS)
 
 
-def _dirty_range(width: int, column: str) -> str:
-    """Join condition: ``column`` lies in a dirty span widened to whole buckets of ``width`` ms."""
-    return f"{column} >= d.lo - d.lo % {width} AND {column} < d.hi - d.hi % {width} + {width}"
-
-
 @functools.cache
 def rollup_from_raw_statement(interval: Interval, fields: tuple[str, ...]) -> str:
-    """Recompute the finest tier's buckets of every dirty span from raw rows, in one statement.
+    """Recompute one device's buckets of the finest tier in ``[?, ?)`` from raw rows.
 
-    Only ``fields`` are aggregated; the other statistic columns stay null. ``last_<f>`` is the
-    field's latest non-null value in the bucket (one primary-key lookup per field and bucket).
-    Spans lie within one UTC day and every tier width divides a day, so spans never share a bucket.
+    Parameters: dev, start_ms, end_ms. Only ``fields`` are aggregated; the other statistic
+    columns stay null. ``last_<f>`` is the field's latest non-null value in the bucket (one
+    primary-key lookup per field and bucket). The scan follows the primary key, so grouping needs
+    no sort.
     """
     width = interval.milliseconds
     aggs = "".join(
-        f", count(t.{f}) AS n_{f}, sum(t.{f}) AS sum_{f}, min(t.{f}) AS min_{f}, "
-        f"max(t.{f}) AS max_{f}, max(CASE WHEN t.{f} IS NOT NULL THEN t.ts END) AS at_{f}"
+        f", count({f}) AS n_{f}, sum({f}) AS sum_{f}, min({f}) AS min_{f}, max({f}) AS max_{f}"
+        f", max(CASE WHEN {f} IS NOT NULL THEN ts END) AS at_{f}"
         for f in fields
     )
     stats = "".join(
@@ -126,9 +122,8 @@ def rollup_from_raw_statement(interval: Interval, fields: tuple[str, ...]) -> st
     return (
         f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts"
         f"{_stat_columns(fields)}) SELECT dev, bucket, n, last_ts{stats} FROM ("
-        f"SELECT t.dev AS dev, (t.ts / {width}) * {width} AS bucket, count(*) AS n, "
-        f"max(t.ts) AS last_ts{aggs} FROM rollup_dirty AS d JOIN telemetry AS t "
-        f"ON t.dev = d.dev AND {_dirty_range(width, 't.ts')} GROUP BY t.dev, bucket) AS a"
+        f"SELECT dev, (ts / {width}) * {width} AS bucket, count(*) AS n, max(ts) AS last_ts"
+        f"{aggs} FROM telemetry WHERE dev = ? AND ts >= ? AND ts < ? GROUP BY bucket) AS a"
     )
 
 
@@ -136,13 +131,12 @@ def rollup_from_raw_statement(interval: Interval, fields: tuple[str, ...]) -> st
 def rollup_from_tier_statement(
     interval: Interval, source: Interval, fields: tuple[str, ...]
 ) -> str:
-    """Recompute ``interval`` buckets of every dirty span from the finer ``source`` tier."""
+    """Recompute one device's ``interval`` buckets in ``[?, ?)`` from the finer ``source`` tier."""
     width = interval.milliseconds
     src = tier_table(source)
     aggs = "".join(
-        f", sum(s.n_{f}) AS n_{f}, sum(s.sum_{f}) AS sum_{f}, min(s.min_{f}) AS min_{f}, "
-        f"max(s.max_{f}) AS max_{f}, "
-        f"max(CASE WHEN s.last_{f} IS NOT NULL THEN s.bucket END) AS at_{f}"
+        f", sum(n_{f}) AS n_{f}, sum(sum_{f}) AS sum_{f}, min(min_{f}) AS min_{f}, "
+        f"max(max_{f}) AS max_{f}, max(CASE WHEN last_{f} IS NOT NULL THEN bucket END) AS at_{f}"
         for f in fields
     )
     stats = "".join(
@@ -153,9 +147,9 @@ def rollup_from_tier_statement(
     return (
         f"INSERT OR REPLACE INTO {tier_table(interval)} (dev, bucket, n, last_ts"
         f"{_stat_columns(fields)}) SELECT dev, b, n, last_ts{stats} FROM ("
-        f"SELECT s.dev AS dev, (s.bucket / {width}) * {width} AS b, sum(s.n) AS n, "
-        f"max(s.last_ts) AS last_ts{aggs} FROM rollup_dirty AS d JOIN {src} AS s "
-        f"ON s.dev = d.dev AND {_dirty_range(width, 's.bucket')} GROUP BY s.dev, b) AS a"
+        f"SELECT dev, (bucket / {width}) * {width} AS b, sum(n) AS n, "
+        f"max(last_ts) AS last_ts{aggs} "
+        f"FROM {src} WHERE dev = ? AND bucket >= ? AND bucket < ? GROUP BY b) AS a"
     )
 
 
