@@ -1,0 +1,354 @@
+"""YAML device profiles: a Modbus device's register map, scaling and control points, as data.
+
+A profile lists register blocks (points sharing a register type and unit id) and writable control
+points. ``load_profile`` validates one with Pydantic and reports problems as ``ConfigError`` naming
+the file, the field path and the YAML line where the offending item starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from derim.errors import ConfigError
+from derim.models.common import ConnectorStatus, DeviceType, OperatingState
+from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, telemetry_fields
+
+RegisterType = Literal["holding", "input"]
+Order = Literal["big", "little"]
+DataType = Literal["u16", "s16", "u32", "s32", "u64", "s64", "f32", "f64", "string"]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+"""A point or profile name: lower-case letters, digits and underscores, at most 64 characters."""
+
+WIDTHS: dict[str, int] = {
+    "u16": 1,
+    "s16": 1,
+    "u32": 2,
+    "s32": 2,
+    "f32": 2,
+    "u64": 4,
+    "s64": 4,
+    "f64": 4,
+}
+"""Registers per value of each fixed-width data type (strings take ``length`` registers)."""
+
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    f"{sign}{bits}": (0, 2**bits - 1) if sign == "u" else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    for sign in "us"
+    for bits in (16, 32, 64)
+}
+"""Smallest and largest value of each integer data type."""
+
+_F32_MAX = 3.4028234663852886e38
+_FLOAT_RANGES: dict[str, tuple[float, float]] = {
+    "f32": (-_F32_MAX, _F32_MAX),
+    "f64": (-1e308, 1e308),
+}
+
+ENUM_FIELDS: dict[str, type[OperatingState] | type[ConnectorStatus]] = {
+    "state": OperatingState,
+    "connector_status": ConnectorStatus,
+}
+"""Canonical fields fed through an enum map, and the enumeration their values come from."""
+
+_NOT_FED = frozenset({"device_id", "timestamp", "quality"})
+Loc = tuple[str | int, ...]
+
+
+class ProfileRuleError(ValueError):
+    """A cross-field problem in a profile; ``loc`` is the path of the culprit below the profile."""
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+def _inherit(data: Any, key: str, names: tuple[str, ...]) -> Any:
+    """Copy settings ``names`` of ``data`` into each mapping in ``data[key]`` that lacks them."""
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        return data
+    inherited = {name: data[name] for name in names if name in data}
+    children = [inherited | child if isinstance(child, dict) else child for child in data[key]]
+    return data | {key: children}
+
+
+class RegisterSpan(_Strict):
+    """Where a value lives: address, register type, data type and layout."""
+
+    name: Name
+    address: int = Field(ge=0, le=65535, description="Protocol (0-based) register address.")
+    data_type: DataType
+    length: int | None = Field(None, ge=1, le=125, description="Registers of a string.")
+    register_type: RegisterType = "holding"
+    unit_id: int | None = Field(None, ge=0, le=255, description="None: the connection's unit id.")
+    word_order: Order = Field("big", description="little: least significant register first.")
+    byte_order: Order = Field("big", description="little: low byte first within each register.")
+    description: str = ""
+
+    @property
+    def count(self) -> int:
+        """Number of registers the value occupies."""
+        return self.length if self.length is not None else WIDTHS[self.data_type]
+
+    @model_validator(mode="after")
+    def _check_span(self) -> RegisterSpan:
+        if (self.data_type == "string") != (self.length is not None):
+            raise ValueError("length (in registers) is required for strings and only for strings")
+        if self.address + self.count > 65536:
+            raise ValueError("the value runs past register 65535")
+        return self
+
+
+class Point(RegisterSpan):
+    """A readable value, ``raw * scale * 10**scale_factor + offset`` in ``unit``, for ``field``."""
+
+    scale: float = Field(1.0, description="Fixed multiplier applied to the raw value.")
+    scale_factor: Name | None = Field(None, description="Point holding a power-of-ten exponent.")
+    offset: float = Field(0.0, description="Added after scaling, in ``unit``.")
+    unit: str = Field("", description="Unit of the scaled value, such as kW.")
+    field: str | None = Field(None, description="Canonical telemetry field fed by the point.")
+    not_implemented: list[int] = Field(
+        default_factory=list, description="Raw register bit patterns meaning 'no value'."
+    )
+    enum: dict[int, str] | None = Field(None, description="Raw value -> canonical enum value.")
+
+    @model_validator(mode="after")
+    def _check_point(self) -> Point:
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        plain = _unscaled(self)
+        if self.data_type == "string" and not (
+            plain and not self.not_implemented and not self.enum
+        ):
+            raise ValueError("a string point takes no scale, offset, sentinels or enum")
+        if self.enum is not None and not (plain and self.data_type in INTEGER_RANGES):
+            raise ValueError("an enum point must be an unscaled integer")
+        for sentinel in self.not_implemented:
+            if not 0 <= sentinel < 2 ** (16 * self.count):
+                raise ValueError(f"sentinel {sentinel:#x} does not fit in {self.count} register(s)")
+        return self
+
+
+def _unscaled(point: Point) -> bool:
+    """Whether ``point`` takes its raw value as is (scale 1, no scale factor, no offset)."""
+    return point.scale == 1 and point.scale_factor is None and point.offset == 0
+
+
+class ControlPoint(RegisterSpan):
+    """A writable holding register: a number within ``min``..``max`` or one of ``choices``."""
+
+    register_type: Literal["holding"] = "holding"
+    scale: float = Field(1.0, description="Register value = (value - offset) / scale.")
+    offset: float = 0.0
+    unit: str = Field("", description="Unit of the value written, such as kW.")
+    min: float | None = Field(None, description="Smallest value accepted, in ``unit``.")
+    max: float | None = Field(None, description="Largest value accepted, in ``unit``.")
+    choices: dict[str, int] | None = Field(None, description="Command word -> register value.")
+
+    @model_validator(mode="after")
+    def _check_control(self) -> ControlPoint:
+        if self.data_type == "string" or self.scale == 0:
+            raise ValueError("a control point is numeric, with a non-zero scale")
+        raws: list[float]
+        if self.choices is not None:
+            if self.min is not None or self.max is not None or not self.choices:
+                raise ValueError("give either non-empty choices or min and max, not both")
+            raws = list(self.choices.values())
+        elif self.min is None or self.max is None or self.min > self.max:
+            raise ValueError("a numeric control point needs min <= max")
+        else:
+            raws = [(limit - self.offset) / self.scale for limit in (self.min, self.max)]
+        low, high = INTEGER_RANGES.get(self.data_type) or _FLOAT_RANGES[self.data_type]
+        if not all(low <= round(raw) <= high for raw in raws):
+            raise ValueError(f"the limits do not fit in {self.data_type}")
+        return self
+
+
+class ReadSettings(_Strict):
+    """How reads may be coalesced for this device."""
+
+    max_registers: int = Field(125, ge=1, le=125, description="Registers per read request.")
+    max_gap: int = Field(10, ge=0, le=125, description="Unused registers a request may bridge.")
+
+
+class Block(_Strict):
+    """Points sharing a register type and unit id; its layout settings are the points' defaults."""
+
+    register_type: RegisterType = "holding"
+    unit_id: int | None = Field(None, ge=0, le=255)
+    word_order: Order = "big"
+    byte_order: Order = "big"
+    points: list[Point] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pass_defaults(cls, data: Any) -> Any:
+        return _inherit(data, "points", ("register_type", "unit_id", "word_order", "byte_order"))
+
+
+class Profile(_Strict):
+    """A device profile: register map, scaling, canonical fields and control points."""
+
+    name: Name
+    description: str = ""
+    device_type: DeviceType
+    word_order: Order = "big"
+    byte_order: Order = "big"
+    read: ReadSettings = Field(default_factory=ReadSettings)
+    blocks: list[Block] = Field(min_length=1)
+    controls: list[ControlPoint] = Field(default_factory=list)
+
+    @property
+    def points(self) -> list[Point]:
+        """Every readable point, in profile order."""
+        return [point for block in self.blocks for point in block.points]
+
+    def located_points(self) -> Iterator[tuple[Loc, Point]]:
+        """Each readable point with its path in the profile."""
+        for b, block in enumerate(self.blocks):
+            for p, point in enumerate(block.points):
+                yield ("blocks", b, "points", p), point
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pass_orders(cls, data: Any) -> Any:
+        data = _inherit(data, "blocks", ("word_order", "byte_order"))
+        return _inherit(data, "controls", ("word_order", "byte_order"))
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Profile:
+        seen: set[str] = set()
+        spans: list[tuple[Loc, RegisterSpan]] = list(self.located_points())
+        spans += [(("controls", c), control) for c, control in enumerate(self.controls)]
+        for loc, span in spans:
+            if span.name in seen:
+                raise ProfileRuleError((*loc, "name"), f"duplicate point name {span.name!r}")
+            seen.add(span.name)
+            if span.count > self.read.max_registers:
+                raise ProfileRuleError(loc, f"{span.count} registers exceed read.max_registers")
+        by_name = {point.name: point for point in self.points}
+        fed: set[str] = set()
+        for loc, point in self.located_points():
+            _check_field(self.device_type, loc, point, fed)
+            if point.scale_factor is not None:
+                _check_scale_factor(loc, by_name.get(point.scale_factor), point.scale_factor)
+        return self
+
+
+def _check_field(device_type: DeviceType, loc: Loc, point: Point, fed: set[str]) -> None:
+    """Raise ``ProfileRuleError`` unless ``point.field`` is a free field its data type can feed."""
+    if point.field is None:
+        if point.enum is not None:
+            raise ProfileRuleError((*loc, "enum"), "an enum map needs a state field")
+        return
+    cls = TELEMETRY_BY_DEVICE_TYPE[device_type]
+    allowed = [name for name in cls.model_fields if name not in _NOT_FED]
+    where = (*loc, "field")
+    if point.field not in allowed:
+        raise ProfileRuleError(where, f"{point.field!r} is not a {cls.__name__} field: {allowed}")
+    if point.field in fed:
+        raise ProfileRuleError(where, f"field {point.field!r} is fed by two points")
+    fed.add(point.field)
+    kind = telemetry_fields()[point.field]
+    enum_cls = ENUM_FIELDS.get(point.field)
+    if enum_cls is not None:
+        if point.enum is None:
+            raise ProfileRuleError(where, f"{point.field!r} needs an enum map")
+        values = {member.value for member in enum_cls}
+        for raw, value in point.enum.items():
+            if value not in values:
+                raise ProfileRuleError((*loc, "enum", raw), f"{value!r} is not in {sorted(values)}")
+    elif point.enum is not None:
+        raise ProfileRuleError((*loc, "enum"), f"{point.field!r} does not take an enum map")
+    elif (kind is str) != (point.data_type == "string"):
+        raise ProfileRuleError(where, f"{point.field!r} cannot be fed by a {point.data_type} point")
+    elif kind is int and not (point.data_type in INTEGER_RANGES and _unscaled(point)):
+        raise ProfileRuleError(where, f"{point.field!r} needs an unscaled integer point")
+
+
+def _check_scale_factor(loc: Loc, target: Point | None, name: str) -> None:
+    """Raise ``ProfileRuleError`` unless ``target`` is an unscaled one-register integer point."""
+    if target is None:
+        raise ProfileRuleError((*loc, "scale_factor"), f"no point named {name!r}")
+    if target.data_type not in ("s16", "u16") or not _unscaled(target):
+        raise ProfileRuleError((*loc, "scale_factor"), f"{name!r} must be an unscaled s16 or u16")
+
+
+def shipped_profile(name: str) -> Profile:
+    """The profile ``name`` shipped with DERIM (``generic_meter``, ``generic_battery``, ...)."""
+    resource = files("derim.adapters.modbus").joinpath("profiles", f"{name}.yaml")
+    if not resource.is_file():
+        raise ConfigError(f"no shipped device profile named {name!r}")
+    return load_profile_text(resource.read_text(encoding="utf-8"), f"shipped profile {name}")
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate the YAML device profile at ``path``; raise ``ConfigError`` if invalid."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read device profile {path}: {exc}") from exc
+    return load_profile_text(text, str(path))
+
+
+def load_profile_text(text: str, source: str = "<string>") -> Profile:
+    """Validate the YAML profile ``text``; ``source`` names it in ``ConfigError`` messages."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.context_mark or exc.problem_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            cause = err.get("ctx", {}).get("error")
+            loc: Loc = tuple(err["loc"]) + (
+                cause.loc if isinstance(cause, ProfileRuleError) else ()
+            )
+            message = str(cause) if isinstance(cause, ValueError) else err["msg"]
+            path = ".".join(str(part) for part in loc) or "(top level)"
+            problems.append(f"{path} (line {_line(root, loc)}): {message}")
+        raise ConfigError(f"{source}: invalid device profile: {'; '.join(problems)}") from exc
+
+
+def _line(node: yaml.Node | None, loc: Loc) -> int:
+    """1-based line where the deepest YAML node along ``loc`` starts (1 for an empty document)."""
+    if node is None:
+        return 1
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if str(k.value) == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if 0 <= part < len(node.value) else None
+        if child is None:
+            break
+        node = child
+    return int(node.start_mark.line) + 1
