@@ -1,0 +1,178 @@
+"""The adapter contract and the polling engine shared by poll protocols (Modbus, SunSpec).
+
+A ``PollingAdapter`` owns one device's loop: connect, ``read_once()``, publish, sleep to the next
+tick. Every device has its own task, interval, timeout and capped exponential backoff, so a dead or
+slow device never delays another. The loop keeps a ``DeviceStatus`` (online, degraded, offline,
+last seen, last error) that the API can show.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from derim.errors import ProtocolError, TransportError
+from derim.models.command import CommandRequest, CommandResult
+from derim.models.telemetry import DERTelemetry
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Sequence[DERTelemetry]], Awaitable[None]]
+"""Hands canonical records to the ingest bus."""
+
+
+class ConnectionState(StrEnum):
+    """How reachable a device is, as the adapter last saw it."""
+
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    DEGRADED = "degraded"
+    """Answering, but the last read was partial or undecodable."""
+    OFFLINE = "offline"
+
+
+@dataclass(slots=True)
+class DeviceStatus:
+    """What an adapter knows about its device's connection."""
+
+    state: ConnectionState = ConnectionState.CONNECTING
+    last_seen: datetime | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    polls: int = 0
+    late_polls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter: ``initial_s * factor**n``, at most ``max_s``."""
+
+    initial_s: float = 1.0
+    max_s: float = 60.0
+    factor: float = 2.0
+    jitter: float = 0.1
+    """Fraction of the delay added at random, so many dead devices do not retry in lockstep."""
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` consecutive failures (``failures`` >= 1)."""
+        base = min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1))
+        return base * (1 + random.uniform(0, self.jitter))
+
+
+class Adapter(abc.ABC):
+    """One device (or gateway) speaking one protocol."""
+
+    protocol: ClassVar[str]
+
+    @abc.abstractmethod
+    async def run(self, publish: Publish) -> None:
+        """Run until cancelled, publishing canonical records; reconnect on failure."""
+
+    @abc.abstractmethod
+    async def send(self, command: CommandRequest) -> CommandResult:
+        """Carry out a command; raises ``DeviceRejected`` or ``TransportError``."""
+
+    @abc.abstractmethod
+    async def release(self) -> None:
+        """Undo active controls (return the device to its defaults)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+@dataclass
+class PollSettings:
+    """Timing of one device's poll loop (seconds)."""
+
+    interval_s: float = 1.0
+    timeout_s: float = 2.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+class PollingAdapter(Adapter):
+    """Polls one device on its own interval with a per-poll timeout and backoff on failure."""
+
+    def __init__(self, device_id: str, settings: PollSettings | None = None) -> None:
+        self.device_id = device_id
+        self.settings = settings or PollSettings()
+        self.status = DeviceStatus()
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the connection; raise ``TransportError`` when the device cannot be reached."""
+
+    @abc.abstractmethod
+    async def disconnect(self) -> None:
+        """Drop the connection so the next poll reconnects from scratch."""
+
+    async def aclose(self) -> None:
+        """Drop the connection."""
+        await self.disconnect()
+
+    @abc.abstractmethod
+    async def read_once(self) -> Sequence[DERTelemetry]:
+        """Read the device once; raise ``TransportError`` or ``ProtocolError``."""
+
+    async def run(self, publish: Publish) -> None:
+        """Poll forever: on time when healthy, after a backoff delay when not."""
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        connected = False
+        while True:
+            self.status.polls += 1
+            try:
+                async with asyncio.timeout(self.settings.timeout_s):
+                    if not connected:
+                        await self.connect()
+                        connected = True
+                    records = await self.read_once()
+            except (TransportError, TimeoutError, OSError) as exc:
+                connected = False
+                await self._fail(ConnectionState.OFFLINE, exc)
+                next_tick = loop.time()
+                continue
+            except ProtocolError as exc:
+                connected = False
+                await self._fail(ConnectionState.DEGRADED, exc)
+                next_tick = loop.time()
+                continue
+            self._succeeded()
+            await publish(records)
+            next_tick += self.settings.interval_s
+            now = loop.time()
+            if next_tick < now:
+                self.status.late_polls += 1
+                next_tick = now
+            await asyncio.sleep(next_tick - now)
+
+    def _succeeded(self) -> None:
+        if self.status.state is not ConnectionState.ONLINE:
+            log.info("device %s online", self.device_id)
+        self.status.state = ConnectionState.ONLINE
+        self.status.last_seen = datetime.now(UTC)
+        self.status.last_error = None
+        self.status.consecutive_failures = 0
+
+    async def _fail(self, state: ConnectionState, exc: BaseException) -> None:
+        """Record a failed poll, log the change once, drop the connection and back off."""
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self.status.state is not state:
+            log.warning("device %s %s: %s", self.device_id, state.value, message)
+        else:
+            log.debug("device %s still %s: %s", self.device_id, state.value, message)
+        self.status.state = state
+        self.status.last_error = message
+        self.status.consecutive_failures += 1
+        try:
+            await self.disconnect()
+        except (TransportError, OSError) as exc_close:
+            log.debug("device %s: error while disconnecting: %s", self.device_id, exc_close)
+        await asyncio.sleep(self.settings.backoff.delay(self.status.consecutive_failures))
