@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from derim.errors import ProtocolError, TransportError
+from derim.errors import AdapterError, TransportError
 from derim.models.command import CommandRequest, CommandResult
 from derim.models.telemetry import DERTelemetry
 
@@ -139,7 +139,8 @@ class PollingAdapter(Adapter):
                 await self._fail(ConnectionState.OFFLINE, exc)
                 next_tick = loop.time()
                 continue
-            except ProtocolError as exc:
+            except AdapterError as exc:
+                # The device answered, but with something undecodable or a refusal.
                 connected = False
                 await self._fail(ConnectionState.DEGRADED, exc)
                 next_tick = loop.time()

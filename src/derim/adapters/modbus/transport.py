@@ -1,0 +1,91 @@
+"""Modbus TCP I/O on pymodbus's async client; pymodbus errors become DERIM errors here.
+
+One ``ModbusTcpTransport`` serves every unit id behind one host and port (a gateway), one request
+at a time, since many gateways do not pipeline transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from derim.adapters.modbus.codec import ReadRequest
+from derim.errors import DeviceRejected, TransportError
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    6: "server device busy",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+class ModbusTcpTransport:
+    """Reads and writes registers on one Modbus TCP endpoint."""
+
+    def __init__(self, host: str, port: int, *, timeout_s: float = 2.0) -> None:
+        self.host = host
+        self.port = port
+        self._client = AsyncModbusTcpClient(
+            host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
+        )
+        self._lock = asyncio.Lock()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the TCP connection is open."""
+        return bool(self._client.connected)
+
+    async def connect(self) -> None:
+        """Open the connection; raises ``TransportError`` when it is refused or times out."""
+        if self.connected:
+            return
+        try:
+            opened = await self._client.connect()
+        except (ModbusException, OSError) as exc:
+            raise TransportError(f"modbus {self.host}:{self.port}: {exc}") from exc
+        if not opened:
+            raise TransportError(f"modbus {self.host}:{self.port}: connection failed")
+
+    def close(self) -> None:
+        """Close the connection (the next ``connect`` opens a fresh one)."""
+        self._client.close()
+
+    async def read(self, request: ReadRequest, unit_id: int) -> list[int]:
+        """The registers of one planned read; ``DeviceRejected`` carries the exception code."""
+        if request.unit_id is not None:
+            unit_id = request.unit_id
+        read = (
+            self._client.read_holding_registers
+            if request.register_type == "holding"
+            else self._client.read_input_registers
+        )
+        async with self._lock:
+            try:
+                response = await read(request.address, count=request.count, device_id=unit_id)
+            except (ModbusException, OSError) as exc:
+                raise TransportError(f"modbus {self.host}:{self.port}: {exc}") from exc
+        if response.isError():
+            raise _rejected(response.exception_code, f"read {request.address}+{request.count}")
+        registers: list[int] = list(response.registers)
+        return registers
+
+    async def write(self, address: int, values: list[int], unit_id: int) -> None:
+        """Write holding registers (function 16)."""
+        async with self._lock:
+            try:
+                response = await self._client.write_registers(address, values, device_id=unit_id)
+            except (ModbusException, OSError) as exc:
+                raise TransportError(f"modbus {self.host}:{self.port}: {exc}") from exc
+        if response.isError():
+            raise _rejected(response.exception_code, f"write {address}")
+
+
+def _rejected(code: int, what: str) -> DeviceRejected:
+    name = EXCEPTION_NAMES.get(code, "unknown exception")
+    return DeviceRejected(f"modbus exception {code} ({name}) on {what}")

@@ -1,0 +1,178 @@
+"""The Modbus adapter against a real pymodbus TCP server: decoding, scale factors, outages,
+exceptions and control writes with read-back."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+from modbus_server import RegisterServer
+from pymodbus.constants import ExcCodes
+
+from derim.adapters.base import Backoff, ConnectionState, PollSettings
+from derim.adapters.modbus import shipped_profile
+from derim.adapters.modbus.adapter import ModbusAdapter
+from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.errors import DeviceRejected, InvalidRequestError
+from derim.models.command import CommandRequest, CommandStatus, CommandType
+from derim.models.telemetry import BatteryTelemetry, DERTelemetry
+
+UNIT = 3
+FAST = PollSettings(interval_s=0.02, timeout_s=1.0, backoff=Backoff(initial_s=0.05, max_s=0.1))
+
+
+def f32(value: float) -> list[int]:
+    high, low = struct.unpack(">HH", struct.pack(">f", value))
+    return [high, low]
+
+
+def battery_image(server: RegisterServer, *, charge_raw: int = 500, charge_sf: int = 1) -> None:
+    """Registers of the shipped generic battery profile (see its header comment)."""
+    server.set(0, [0, 2500, 505, 0xFFFF, 251, 3, charge_raw, charge_sf & 0xFFFF, 0, 0])
+    server.set(10, f32(50.0))
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.records: list[DERTelemetry] = []
+
+    async def __call__(self, records: Sequence[DERTelemetry]) -> None:
+        self.records.extend(records)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - conditions read plain attributes
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RegisterServer]:
+    srv = await RegisterServer(unit_id=UNIT, size=512).start()
+    battery_image(srv)
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def adapter(server: RegisterServer) -> AsyncIterator[ModbusAdapter]:
+    transport = ModbusTcpTransport("127.0.0.1", server.port, timeout_s=1.0)
+    device = ModbusAdapter("bat-1", shipped_profile("generic_battery"), transport, UNIT, FAST)
+    yield device
+    await device.aclose()
+
+
+async def polling(adapter: ModbusAdapter, sink: Sink) -> asyncio.Task[None]:
+    return asyncio.create_task(adapter.run(sink))
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_reading_is_decoded_with_scale_factor_and_sentinels(adapter: ModbusAdapter) -> None:
+    """Scaled values, the state enum and a not-implemented SoH come out as canonical fields."""
+    sink = Sink()
+    task = await polling(adapter, sink)
+    await until(lambda: len(sink.records) >= 1)
+    await stop(task)
+    record = sink.records[0]
+    assert isinstance(record, BatteryTelemetry)
+    assert record.power_kw == pytest.approx(2.5)
+    assert record.soc_percent == pytest.approx(50.5)
+    assert record.soh_percent is None
+    assert record.temperature_c == pytest.approx(25.1)
+    assert record.state == "discharging"
+    assert record.charge_rate_kw == pytest.approx(5.0)
+    assert record.frequency_hz == pytest.approx(50.0)
+    assert adapter.status.state is ConnectionState.ONLINE
+
+
+async def test_scale_factor_is_reread_every_poll(
+    adapter: ModbusAdapter, server: RegisterServer
+) -> None:
+    """Changing only the scale-factor register changes the next reading (never cached)."""
+    sink = Sink()
+    task = await polling(adapter, sink)
+    await until(lambda: len(sink.records) >= 1)
+    battery_image(server, charge_raw=500, charge_sf=0)
+    await until(lambda: getattr(sink.records[-1], "charge_rate_kw", None) == pytest.approx(0.5))
+    await stop(task)
+
+
+async def test_dead_device_goes_offline_and_recovers(
+    adapter: ModbusAdapter, server: RegisterServer
+) -> None:
+    """A device that stops answering is offline; when it is back, polling resumes by itself."""
+    sink = Sink()
+    task = await polling(adapter, sink)
+    await until(lambda: len(sink.records) >= 1)
+    await server.stop()
+    await until(lambda: adapter.status.state is ConnectionState.OFFLINE)
+    count = len(sink.records)
+    await server.start()
+    battery_image(server)
+    await until(lambda: len(sink.records) > count)
+    await stop(task)
+    assert adapter.status.state is ConnectionState.ONLINE
+
+
+async def test_modbus_exception_marks_the_device_degraded(
+    adapter: ModbusAdapter, server: RegisterServer
+) -> None:
+    """Exception responses are a refusal by a live device: degraded, with the code in the error."""
+    server.exception = ExcCodes.DEVICE_FAILURE
+    sink = Sink()
+    task = await polling(adapter, sink)
+    await until(lambda: adapter.status.state is ConnectionState.DEGRADED)
+    assert "exception 4" in (adapter.status.last_error or "")
+    server.exception = None
+    await until(lambda: len(sink.records) >= 1)
+    await stop(task)
+    assert adapter.status.state is ConnectionState.ONLINE
+
+
+async def test_control_write_is_read_back(adapter: ModbusAdapter, server: RegisterServer) -> None:
+    """A setpoint inside the limits is written and confirmed by reading it back."""
+    await adapter.connect()
+    command = CommandRequest(
+        command=CommandType.SET_ACTIVE_POWER,
+        value=-2.5,
+        parameters={"point": "active_power_setpoint"},
+    )
+    result = await adapter.send(command)
+    assert result.status is CommandStatus.ACKNOWLEDGED
+    assert server.writes == [(300, [(-250) & 0xFFFF])]
+
+
+async def test_control_outside_limits_is_refused_before_sending(
+    adapter: ModbusAdapter, server: RegisterServer
+) -> None:
+    """A setpoint beyond the profile's limit never reaches the device."""
+    await adapter.connect()
+    command = CommandRequest(
+        command=CommandType.SET_ACTIVE_POWER,
+        value=6.0,
+        parameters={"point": "active_power_setpoint"},
+    )
+    with pytest.raises(InvalidRequestError, match="maximum"):
+        await adapter.send(command)
+    assert server.writes == []
+
+
+async def test_rejected_write_is_reported_as_rejected(
+    adapter: ModbusAdapter, server: RegisterServer
+) -> None:
+    """A Modbus exception to a write is a DeviceRejected error, never 'accepted'."""
+    await adapter.connect()
+    server.exception = ExcCodes.ILLEGAL_VALUE
+    command = CommandRequest(
+        command=CommandType.SET_ACTIVE_POWER,
+        value=1.0,
+        parameters={"point": "active_power_setpoint"},
+    )
+    with pytest.raises(DeviceRejected, match="exception 3"):
+        await adapter.send(command)
