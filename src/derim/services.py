@@ -9,9 +9,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from derim.adapters.manager import AdapterManager
 from derim.bus import IngestBus
 from derim.config import Settings
-from derim.errors import DerimError
+from derim.errors import ConfigError, DerimError, InvalidRequestError
 from derim.models.telemetry import DERTelemetry
 from derim.storage.base import Store
 from derim.storage.durable import DurableWriter
@@ -51,6 +52,7 @@ class Services:
     spool: Spool
     writer: DurableWriter
     bus: IngestBus
+    adapters: AdapterManager
     started_at: float = field(default_factory=time.time)
 
     async def ingest(self, records: Sequence[DERTelemetry]) -> None:
@@ -60,40 +62,52 @@ class Services:
 
 @contextlib.asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
-    """Open everything, register the configured fleet, and close it all in reverse order."""
-    registry = DeviceRegistry(settings.database_path)
-    store = build_store(settings)
-    spool = Spool(settings.data_dir / "spool.db")
-    await registry.open()
-    try:
+    """Open everything, register the configured fleet, start polling; close in reverse order."""
+    async with contextlib.AsyncExitStack() as stack:
+        registry = DeviceRegistry(settings.database_path)
+        await registry.open()
+        stack.push_async_callback(registry.close)
+        spool = Spool(settings.data_dir / "spool.db")
         await spool.open()
+        stack.push_async_callback(spool.close)
+        store = build_store(settings)
         try:
             await store.open()
         except DerimError as exc:
             log.warning("storage not reachable at start, spooling until it is: %s", exc)
+        stack.push_async_callback(store.close)
         writer = DurableWriter(store, spool, retry_interval_s=settings.spool_retry_s)
+        writer.start()
+        stack.push_async_callback(writer.stop)
         bus = IngestBus(
             writer.write,
             max_batch=settings.ingest_max_batch,
             max_pending=settings.ingest_max_pending,
         )
-        for device in settings.devices:
-            await registry.upsert(device)
-        services = Services(settings, registry, store, spool, writer, bus)
-        writer.start()
         bus.start()
+        stack.push_async_callback(bus.stop)
+        adapters = AdapterManager(bus.publish)
+        stack.push_async_callback(adapters.aclose)
+        for device in settings.devices:
+            try:
+                adapters.prepare(device)
+            except InvalidRequestError as exc:
+                raise ConfigError(f"devices: {device.id}: {exc}") from exc
+            await registry.upsert(device)
+        for device in registry.list():
+            try:
+                adapters.start(device.id, adapters.prepare(device))
+            except DerimError as exc:
+                log.error("device %s is not polled: %s", device.id, exc)
+        services = Services(settings, registry, store, spool, writer, bus, adapters)
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
-        try:
-            yield services
-        finally:
-            maintenance.cancel()
-            await asyncio.gather(maintenance, return_exceptions=True)
-            await bus.stop()
-            await writer.stop()
-            await store.close()
-            await spool.close()
-    finally:
-        await registry.close()
+        stack.push_async_callback(_cancel, maintenance)
+        yield services
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _maintain(services: Services) -> None:

@@ -20,6 +20,7 @@ class RegisterServer:
         self.exception: ExcCodes | None = None
         """When set, every request is answered with this Modbus exception."""
         self.writes: list[tuple[int, list[int]]] = []
+        self.reads: list[tuple[int, int]] = []
         self._pending: list[tuple[int, list[int]]] = []
         self._server: ModbusTcpServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -42,7 +43,9 @@ class RegisterServer:
         self._pending.clear()
         if self.exception is not None:
             return self.exception
-        if set_values is not None:
+        if set_values is None:
+            self.reads.append((address, count))
+        else:
             self.writes.append((address, [int(v) for v in set_values]))
         return None
 

@@ -28,12 +28,20 @@ class PushConnection(_Strict):
 
 
 class ModbusConnection(_Strict):
-    """A Modbus TCP device (or a unit behind a TCP gateway)."""
+    """A Modbus TCP device (or a unit behind a TCP gateway), polled on its own interval."""
 
     protocol: Literal["modbus", "sunspec"]
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(502, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=255)
+    profile: str | None = Field(
+        None,
+        max_length=256,
+        description="Device profile (Modbus): a shipped profile name such as generic_meter, "
+        "or the path of a YAML profile file.",
+    )
+    poll_interval_s: float = Field(1.0, gt=0, le=3600, description="Seconds between polls.")
+    timeout_s: float = Field(2.0, gt=0, le=60, description="Seconds one poll may take.")
 
 
 class MqttConnection(_Strict):

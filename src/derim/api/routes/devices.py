@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, Field
 
+from derim.adapters.base import ConnectionState
 from derim.api.deps import get_services
+from derim.errors import ConflictError
 from derim.models.common import DeviceType
-from derim.models.device import DERDevice, DevicePatch
+from derim.models.device import DERDevice, DevicePatch, apply_patch
 from derim.services import Services
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+class ConnectionStatus(BaseModel):
+    """How a polled device's connection is doing (absent for devices that push their data)."""
+
+    state: ConnectionState
+    last_seen: datetime | None = Field(None, description="Last successful poll (UTC).")
+    last_error: str | None = None
+    consecutive_failures: int = 0
+
+
+class DeviceView(DERDevice):
+    """A registered device with its live connection status."""
+
+    status: ConnectionStatus | None = None
+
+
+def _view(device: DERDevice, services: Services) -> DeviceView:
+    status = services.adapters.status(device.id)
+    view = DeviceView.model_validate(device.model_dump())
+    if status is not None:
+        view.status = ConnectionStatus(
+            state=status.state,
+            last_seen=status.last_seen,
+            last_error=status.last_error,
+            consecutive_failures=status.consecutive_failures,
+        )
+    return view
 
 
 @router.get("")
@@ -20,10 +52,10 @@ async def list_devices(
     services: ServicesDep,
     device_type: Annotated[DeviceType | None, Query(description="Only this type.")] = None,
     group: Annotated[str | None, Query(description="Only members of this group.")] = None,
-) -> list[DERDevice]:
-    """Every registered device, optionally filtered by type and group."""
+) -> list[DeviceView]:
+    """Every registered device with its connection status, optionally filtered."""
     return [
-        d
+        _view(d, services)
         for d in services.registry.list()
         if (device_type is None or d.device_type == device_type)
         and (group is None or group in d.groups)
@@ -31,21 +63,34 @@ async def list_devices(
 
 
 @router.post("", status_code=201)
-async def create_device(device: DERDevice, services: ServicesDep) -> DERDevice:
-    """Register a device; 409 if the id is taken."""
-    return await services.registry.add(device)
+async def create_device(device: DERDevice, services: ServicesDep) -> DeviceView:
+    """Register a device and start polling it if its protocol is polled; 409 if the id is taken.
+
+    422 when a polled device's connection is unusable (for example an unknown device profile).
+    """
+    if services.registry.find(device.id) is not None:
+        raise ConflictError(f"device {device.id!r} already exists")
+    adapter = services.adapters.prepare(device)
+    device = await services.registry.add(device)
+    services.adapters.start(device.id, adapter)
+    return _view(device, services)
 
 
 @router.get("/{device_id}")
-async def get_device(device_id: str, services: ServicesDep) -> DERDevice:
-    """One device; 404 if unknown."""
-    return services.registry.get(device_id)
+async def get_device(device_id: str, services: ServicesDep) -> DeviceView:
+    """One device with its connection state and last-seen time; 404 if unknown."""
+    return _view(services.registry.get(device_id), services)
 
 
 @router.patch("/{device_id}")
-async def update_device(device_id: str, patch: DevicePatch, services: ServicesDep) -> DERDevice:
-    """Change some fields of a device; 404 if unknown."""
-    return await services.registry.update(device_id, patch)
+async def update_device(device_id: str, patch: DevicePatch, services: ServicesDep) -> DeviceView:
+    """Change some fields of a device (polling restarts with them); 404 if unknown."""
+    changed = apply_patch(services.registry.get(device_id), patch)
+    adapter = services.adapters.prepare(changed)
+    await services.adapters.stop(device_id)
+    device = await services.registry.update(device_id, patch)
+    services.adapters.start(device_id, adapter)
+    return _view(device, services)
 
 
 @router.delete("/{device_id}", status_code=204)
@@ -56,7 +101,9 @@ async def delete_device(
         bool, Query(description="Also delete every stored reading of the device.")
     ] = False,
 ) -> Response:
-    """Remove a device from the registry (and optionally its telemetry); 404 if unknown."""
+    """Stop polling and remove a device (and optionally its telemetry); 404 if unknown."""
+    services.registry.get(device_id)
+    await services.adapters.stop(device_id)
     await services.registry.remove(device_id)
     if purge_telemetry:
         await services.store.delete_device(device_id)

@@ -1,0 +1,118 @@
+"""Runs one adapter task per polled device; devices can be added and removed while running.
+
+Adapters are built by protocol through an explicit registry (``FACTORIES``). Devices behind one
+Modbus TCP endpoint share one connection. A device whose protocol has no adapter here (pushed over
+HTTP, or a protocol still to come) is registered but not polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from derim.adapters.base import DeviceStatus, PollingAdapter, PollSettings, Publish
+from derim.adapters.modbus.adapter import ModbusAdapter
+from derim.adapters.modbus.profile import Profile, load_profile, shipped_profile
+from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.errors import ConfigError, InvalidRequestError
+from derim.models.device import DERDevice, ModbusConnection
+
+log = logging.getLogger(__name__)
+
+Endpoint = tuple[str, int]
+
+
+class AdapterManager:
+    """Starts, stops and reports on the adapters of the registered devices."""
+
+    def __init__(self, publish: Publish) -> None:
+        self._publish = publish
+        self._adapters: dict[str, PollingAdapter] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._transports: dict[Endpoint, ModbusTcpTransport] = {}
+
+    def prepare(self, device: DERDevice) -> PollingAdapter | None:
+        """Build (not start) the adapter of ``device``; ``InvalidRequestError`` if unusable."""
+        factory = FACTORIES.get(device.protocol)
+        return None if factory is None else factory(self, device)
+
+    def start(self, device_id: str, adapter: PollingAdapter | None) -> None:
+        """Start polling with an adapter from ``prepare`` (None: nothing to poll)."""
+        if adapter is None:
+            return
+        self._adapters[device_id] = adapter
+        self._tasks[device_id] = asyncio.create_task(
+            adapter.run(self._publish), name=f"derim-poll-{device_id}"
+        )
+
+    async def stop(self, device_id: str) -> None:
+        """Stop polling a device and close its connection if no other device uses it."""
+        task = self._tasks.pop(device_id, None)
+        adapter = self._adapters.pop(device_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if adapter is not None and not self._shares_transport(adapter):
+            await adapter.aclose()
+            if isinstance(adapter, ModbusAdapter):
+                self._transports.pop((adapter.transport.host, adapter.transport.port), None)
+
+    async def aclose(self) -> None:
+        """Stop every adapter."""
+        for device_id in list(self._tasks):
+            await self.stop(device_id)
+
+    def status(self, device_id: str) -> DeviceStatus | None:
+        """Connection state of a polled device; None when the device is not polled."""
+        adapter = self._adapters.get(device_id)
+        return None if adapter is None else adapter.status
+
+    def transport(self, host: str, port: int, timeout_s: float) -> ModbusTcpTransport:
+        """The shared connection to one Modbus TCP endpoint."""
+        key = (host, port)
+        if key not in self._transports:
+            self._transports[key] = ModbusTcpTransport(host, port, timeout_s=timeout_s)
+        return self._transports[key]
+
+    def _shares_transport(self, adapter: PollingAdapter) -> bool:
+        if not isinstance(adapter, ModbusAdapter):
+            return False
+        return any(
+            isinstance(other, ModbusAdapter) and other.transport is adapter.transport
+            for other in self._adapters.values()
+        )
+
+
+def _modbus(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
+    connection = device.connection
+    if not isinstance(connection, ModbusConnection):
+        raise InvalidRequestError("connection", "a Modbus device needs host, port and unit_id")
+    if connection.profile is None:
+        raise InvalidRequestError("connection.profile", "a Modbus device needs a device profile")
+    profile = _load(connection.profile)
+    if profile.device_type != device.device_type:
+        raise InvalidRequestError(
+            "connection.profile",
+            f"profile {connection.profile!r} describes a {profile.device_type.value}, "
+            f"not a {device.device_type.value}",
+        )
+    settings = PollSettings(interval_s=connection.poll_interval_s, timeout_s=connection.timeout_s)
+    transport = manager.transport(connection.host, connection.port, connection.timeout_s)
+    return ModbusAdapter(device.id, profile, transport, connection.unit_id, settings)
+
+
+def _load(name: str) -> Profile:
+    try:
+        if name.endswith((".yaml", ".yml")):
+            return load_profile(Path(name))
+        return shipped_profile(name)
+    except ConfigError as exc:
+        raise InvalidRequestError("connection.profile", str(exc)) from exc
+
+
+FACTORIES: dict[str, Callable[[AdapterManager, DERDevice], PollingAdapter]] = {
+    "modbus": _modbus,
+}
+"""Adapter builders by protocol; SunSpec, MQTT and OCPP join as they land."""
