@@ -16,6 +16,7 @@ from derim.adapters.base import DeviceStatus, PollingAdapter, PollSettings, Publ
 from derim.adapters.modbus.adapter import ModbusAdapter
 from derim.adapters.modbus.profile import Profile, load_profile, shipped_profile
 from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.sunspec.adapter import SunSpecAdapter
 from derim.errors import ConfigError, InvalidRequestError
 from derim.models.device import DERDevice, ModbusConnection
 
@@ -56,7 +57,7 @@ class AdapterManager:
             await asyncio.gather(task, return_exceptions=True)
         if adapter is not None and not self._shares_transport(adapter):
             await adapter.aclose()
-            if isinstance(adapter, ModbusAdapter):
+            if isinstance(adapter, ModbusAdapter | SunSpecAdapter):
                 self._transports.pop((adapter.transport.host, adapter.transport.port), None)
 
     async def aclose(self) -> None:
@@ -77,10 +78,11 @@ class AdapterManager:
         return self._transports[key]
 
     def _shares_transport(self, adapter: PollingAdapter) -> bool:
-        if not isinstance(adapter, ModbusAdapter):
+        if not isinstance(adapter, ModbusAdapter | SunSpecAdapter):
             return False
         return any(
-            isinstance(other, ModbusAdapter) and other.transport is adapter.transport
+            isinstance(other, ModbusAdapter | SunSpecAdapter)
+            and other.transport is adapter.transport
             for other in self._adapters.values()
         )
 
@@ -103,6 +105,15 @@ def _modbus(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
     return ModbusAdapter(device.id, profile, transport, connection.unit_id, settings)
 
 
+def _sunspec(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
+    connection = device.connection
+    if not isinstance(connection, ModbusConnection):
+        raise InvalidRequestError("connection", "a SunSpec device needs host, port and unit_id")
+    settings = PollSettings(interval_s=connection.poll_interval_s, timeout_s=connection.timeout_s)
+    transport = manager.transport(connection.host, connection.port, connection.timeout_s)
+    return SunSpecAdapter(device.id, device.device_type, transport, connection.unit_id, settings)
+
+
 def _load(name: str) -> Profile:
     try:
         if name.endswith((".yaml", ".yml")):
@@ -114,5 +125,6 @@ def _load(name: str) -> Profile:
 
 FACTORIES: dict[str, Callable[[AdapterManager, DERDevice], PollingAdapter]] = {
     "modbus": _modbus,
+    "sunspec": _sunspec,
 }
-"""Adapter builders by protocol; SunSpec, MQTT and OCPP join as they land."""
+"""Adapter builders by protocol; MQTT and OCPP join as they land."""

@@ -1,0 +1,132 @@
+"""The SunSpec adapter: discovers a device's model map over Modbus TCP, then polls its models.
+
+Discovery finds the 'SunS' marker at 40000, 0 or 50000 (a candidate that times out or answers
+with an exception does not end the search) and walks the model chain. Every poll reads each model
+DERIM maps in full, so scale factors always come from the same read as the values they scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from derim.adapters.base import PollingAdapter, PollSettings
+from derim.adapters.modbus.codec import ReadRequest
+from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.sunspec.decode import (
+    CANONICAL_SOURCES,
+    STATE_SOURCES,
+    DecodedBlock,
+    decode_model,
+    to_canonical,
+)
+from derim.adapters.sunspec.discovery import (
+    BASE_ADDRESSES,
+    MARKER,
+    ChainWalker,
+    ModelEntry,
+    is_marker,
+)
+from derim.adapters.sunspec.models import HEADER_SIZE
+from derim.errors import DeviceRejected, InvalidRequestError, ProtocolError
+from derim.models.command import CommandRequest, CommandResult
+from derim.models.common import DeviceType
+from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
+
+MAX_READ = 125
+"""Registers per Modbus read (the protocol's limit for function 3)."""
+POLLED_MODELS = frozenset(
+    {m for sources in CANONICAL_SOURCES.values() for s in sources for m in s.models}
+    | {model_id for model_id, _ in STATE_SOURCES}
+)
+"""Models whose points feed canonical telemetry; the others are discovered but not polled."""
+
+
+class SunSpecAdapter(PollingAdapter):
+    """One SunSpec device (PV inverter or battery) behind a Modbus TCP endpoint."""
+
+    protocol = "sunspec"
+
+    def __init__(
+        self,
+        device_id: str,
+        device_type: DeviceType,
+        transport: ModbusTcpTransport,
+        unit_id: int,
+        settings: PollSettings | None = None,
+    ) -> None:
+        super().__init__(device_id, settings)
+        if device_type not in (DeviceType.SOLAR_PV, DeviceType.BATTERY):
+            raise InvalidRequestError("device_type", "a SunSpec device is solar_pv or battery")
+        self.transport = transport
+        self.unit_id = unit_id
+        self.models: list[ModelEntry] = []
+        self._telemetry = TELEMETRY_BY_DEVICE_TYPE[device_type]
+
+    async def connect(self) -> None:
+        """Connect and (re)discover the model map: a restarted device may have a new one."""
+        await self.transport.connect()
+        self.models = await self.discover()
+
+    async def disconnect(self) -> None:
+        """Close the endpoint's connection; the next connect discovers again."""
+        self.transport.close()
+
+    async def discover(self) -> list[ModelEntry]:
+        """The device's model map; ``ProtocolError`` when no base holds a valid chain."""
+        base = await self._find_base()
+        walker = ChainWalker(base)
+        while walker.next_address is not None:
+            walker.feed(await self._read(walker.next_address, HEADER_SIZE))
+        if not any(entry.model_id in POLLED_MODELS for entry in walker.models):
+            found = [entry.model_id for entry in walker.models]
+            raise ProtocolError(f"no SunSpec model DERIM maps among {found}")
+        return walker.models
+
+    async def _find_base(self) -> int:
+        for base in BASE_ADDRESSES:
+            try:
+                marker = await self._read(base, len(MARKER))
+            except (DeviceRejected, TimeoutError):
+                continue
+            if is_marker(marker):
+                return base
+        raise ProtocolError(f"no SunSpec marker 'SunS' at any of {list(BASE_ADDRESSES)}")
+
+    async def _read(self, address: int, count: int) -> list[int]:
+        registers: list[int] = []
+        for start in range(address, address + count, MAX_READ):
+            size = min(MAX_READ, address + count - start)
+            request = ReadRequest("holding", None, start, size)
+            registers += await self.transport.read(request, self.unit_id)
+        return registers
+
+    async def read_once(self) -> Sequence[DERTelemetry]:
+        """Read every mapped model once and map it to one canonical reading."""
+        decoded: dict[int, DecodedBlock] = {}
+        for entry in self.models:
+            if entry.model_id in POLLED_MODELS and entry.model_id not in decoded:
+                registers = await self._read(entry.address, HEADER_SIZE + entry.length)
+                decoded[entry.model_id] = decode_model(entry.model_id, registers)
+        values = {
+            name: value
+            for name, value in to_canonical(decoded).items()
+            if value is not None and name in self._telemetry.model_fields
+        }
+        try:
+            record = self._telemetry(
+                device_id=self.device_id, timestamp=datetime.now(UTC), **values
+            )
+        except ValidationError as exc:
+            problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+            raise ProtocolError(f"device reported out-of-range values: {problems}") from exc
+        return [record]
+
+    async def send(self, command: CommandRequest) -> CommandResult:
+        """SunSpec controls (models 123/704) are not mapped yet: refused, never sent."""
+        raise InvalidRequestError("command", "SunSpec control writes are not supported yet")
+
+    async def release(self) -> None:
+        """Nothing to undo: this adapter sends no controls."""

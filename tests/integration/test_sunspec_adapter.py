@@ -1,0 +1,121 @@
+"""The SunSpec adapter against a real pymodbus server holding a SunSpec map built by pysunspec2."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import pytest
+from modbus_server import RegisterServer
+from pymodbus.constants import ExcCodes
+
+from derim.adapters.base import Backoff, ConnectionState, PollSettings
+from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.sunspec import build_image
+from derim.adapters.sunspec.adapter import SunSpecAdapter
+from derim.models.common import DeviceType
+from derim.models.telemetry import DERTelemetry, SolarTelemetry
+
+UNIT = 1
+BASE = 40000
+FAST = PollSettings(interval_s=0.02, timeout_s=1.0, backoff=Backoff(initial_s=0.05, max_s=0.1))
+COMMON = {"Mn": "DERIM", "Md": "SIM-PV", "SN": "PV0001", "Vr": "1.0", "DA": 1}
+INVERTER = {"W": 475, "W_SF": 1, "PhVphA": 2301, "PhVphB": 2299, "PhVphC": 2300, "V_SF": -1}
+INVERTER |= {"Hz": 5001, "Hz_SF": -2, "WH": 1234567, "WH_SF": 0, "St": 4, "A": 2065, "A_SF": -2}
+
+
+def image(inverter: Mapping[str, Any]) -> list[int]:
+    return build_image([(1, COMMON), (103, dict(inverter))])
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.records: list[DERTelemetry] = []
+
+    async def __call__(self, records: Sequence[DERTelemetry]) -> None:
+        self.records.extend(records)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - conditions read plain attributes
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def inverter() -> AsyncIterator[RegisterServer]:
+    server = await RegisterServer(unit_id=UNIT, size=BASE + 400).start()
+    server.set(BASE, image(INVERTER))
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def adapter(inverter: RegisterServer) -> AsyncIterator[SunSpecAdapter]:
+    transport = ModbusTcpTransport("127.0.0.1", inverter.port, timeout_s=1.0)
+    device = SunSpecAdapter("pv-1", DeviceType.SOLAR_PV, transport, UNIT, FAST)
+    yield device
+    await device.aclose()
+
+
+async def test_discovers_the_map_and_decodes_scaled_values(adapter: SunSpecAdapter) -> None:
+    """'SunS' at 40000 is found, the chain walked, and W=475 with W_SF=1 reads as 4.75 kW."""
+    sink = Sink()
+    task = asyncio.create_task(adapter.run(sink))
+    await until(lambda: len(sink.records) >= 1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert [m.model_id for m in adapter.models] == [1, 103]
+    record = sink.records[0]
+    assert isinstance(record, SolarTelemetry)
+    assert record.power_kw == pytest.approx(4.75)
+    assert record.voltage_v == pytest.approx(230.0)
+    assert record.frequency_hz == pytest.approx(50.01)
+    assert record.energy_kwh == pytest.approx(1234.567)
+    assert record.state == "on"
+
+
+async def test_changed_scale_factor_applies_at_the_next_poll(
+    adapter: SunSpecAdapter, inverter: RegisterServer
+) -> None:
+    """Scale factors are read with their values on every poll, never cached."""
+    sink = Sink()
+    task = asyncio.create_task(adapter.run(sink))
+    await until(lambda: len(sink.records) >= 1)
+    inverter.set(BASE, image(INVERTER | {"W_SF": 0}))
+    await until(lambda: sink.records[-1].power_kw == pytest.approx(0.475))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_unmapped_candidate_bases_do_not_stop_discovery() -> None:
+    """A device whose map sits at 50000 is found even though 40000 and 0 hold no marker."""
+    server = await RegisterServer(unit_id=UNIT, size=50000 + 400).start()
+    server.set(50000, image(INVERTER))
+    transport = ModbusTcpTransport("127.0.0.1", server.port, timeout_s=1.0)
+    device = SunSpecAdapter("pv-2", DeviceType.SOLAR_PV, transport, UNIT, FAST)
+    try:
+        await transport.connect()
+        models = await device.discover()
+    finally:
+        await device.aclose()
+        await server.stop()
+    assert models[0].address == 50002
+
+
+async def test_exceptions_during_polls_degrade_then_recover(
+    adapter: SunSpecAdapter, inverter: RegisterServer
+) -> None:
+    """An inverter answering with exceptions is degraded, not dead, and recovers by itself."""
+    sink = Sink()
+    task = asyncio.create_task(adapter.run(sink))
+    await until(lambda: len(sink.records) >= 1)
+    inverter.exception = ExcCodes.DEVICE_BUSY
+    await until(lambda: adapter.status.state is not ConnectionState.ONLINE)
+    inverter.exception = None
+    count = len(sink.records)
+    await until(lambda: len(sink.records) > count)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert adapter.status.state is ConnectionState.ONLINE
