@@ -89,35 +89,44 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.option("--port", type=int, help="Port (default from settings: 8000).")
 @click.pass_context
 def demo(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve the API with a sample fleet, a day of history and a live feed every 10 s."""
-    from derim.demo import sample_fleet
-
-    settings = _settings(ctx).model_copy(update={"devices": sample_fleet()})
+    """Serve the API with a sample fleet: a simulated SunSpec PV inverter and battery polled
+    over Modbus TCP, other devices fed every 10 s, and a day of history."""
+    settings = _settings(ctx)
     _run(_serve_demo(settings, host or settings.host, port or settings.port))
 
 
 async def _serve_demo(settings: Settings, host: str, port: int) -> None:
     from derim.api.app import create_app
-    from derim.demo import readings_at, sample_day
+    from derim.demo import POLLED_DEVICES, readings_at, sample_day, sample_fleet
+    from derim.sim.sunspec_fleet import SunSpecFleetSim
 
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        if serving.done():
-            await serving
-            return
-        await asyncio.sleep(0.05)
-    services: Services = app.state.services
-    history = sample_day(datetime.now(UTC))
-    await services.ingest(history)
-    url = f"http://{host}:{port}"
-    click.echo(f"DERIM demo: {len(history)} readings loaded. API {url}  docs {url}/docs")
-    click.echo(f"Try: curl '{url}/api/v1/telemetry/pv-roof-1?fields=power_kw&limit=5'")
-    rng, soc = random.Random(7), [50.0]
-    while not serving.done():
-        await services.ingest(readings_at(datetime.now(UTC), rng, soc))
-        await asyncio.wait({serving}, timeout=LIVE_INTERVAL_S)
+    simulator = await SunSpecFleetSim().start()
+    try:
+        fleet = sample_fleet(sunspec_port=simulator.port)
+        app = create_app(settings.model_copy(update={"devices": fleet}))
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None))
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                await serving
+                return
+            await asyncio.sleep(0.05)
+        services: Services = app.state.services
+        history = sample_day(datetime.now(UTC))
+        await services.ingest(history)
+        url = f"http://{host}:{port}"
+        click.echo(f"DERIM demo: {len(history)} readings loaded. API {url}  docs {url}/docs")
+        click.echo(
+            f"SunSpec simulator on 127.0.0.1:{simulator.port} (units 1-2), polled every second"
+        )
+        click.echo(f"Try: curl '{url}/api/v1/telemetry/pv-roof-1/latest'")
+        rng, soc = random.Random(7), [50.0]
+        while not serving.done():
+            live = readings_at(datetime.now(UTC), rng, soc)
+            await services.ingest([r for r in live if r.device_id not in POLLED_DEVICES])
+            await asyncio.wait({serving}, timeout=LIVE_INTERVAL_S)
+    finally:
+        await simulator.stop()
 
 
 @main.group()

@@ -24,9 +24,23 @@ from derim.models.telemetry import (
 SITE = Location(latitude=52.52, longitude=13.40, address="Demo site, Berlin")
 
 
-def sample_fleet() -> list[DERDevice]:
-    """Two PV inverters, a battery, a site meter, a household load and an EV charger."""
+POLLED_DEVICES = ("pv-roof-1", "battery-1")
+"""Sample devices that ``sample_fleet(sunspec_port)`` makes SunSpec devices on the simulator."""
+
+
+def sample_fleet(sunspec_port: int | None = None) -> list[DERDevice]:
+    """Two PV inverters, a battery, a site meter, a household load and an EV charger.
+
+    With ``sunspec_port``, ``pv-roof-1`` (unit 1) and ``battery-1`` (unit 2) are SunSpec devices
+    polled over Modbus TCP at 127.0.0.1:``sunspec_port`` (see ``derim.sim.sunspec_fleet``).
+    """
     sim = SimulatedConnection(protocol="simulated")
+
+    def sunspec(unit_id: int) -> object:
+        if sunspec_port is None:
+            return sim
+        return {"protocol": "sunspec", "host": "127.0.0.1", "port": sunspec_port,
+                "unit_id": unit_id}  # fmt: skip
 
     def device(device_id: str, name: str, kind: DeviceType, **extra: object) -> DERDevice:
         return DERDevice.model_validate(
@@ -42,7 +56,13 @@ def sample_fleet() -> list[DERDevice]:
         )
 
     return [
-        device("pv-roof-1", "Rooftop PV east", DeviceType.SOLAR_PV, rated_power_kw=8.0),
+        device(
+            "pv-roof-1",
+            "Rooftop PV east",
+            DeviceType.SOLAR_PV,
+            rated_power_kw=8.0,
+            connection=sunspec(1),
+        ),
         device("pv-roof-2", "Rooftop PV west", DeviceType.SOLAR_PV, rated_power_kw=6.0),
         device(
             "battery-1",
@@ -50,6 +70,7 @@ def sample_fleet() -> list[DERDevice]:
             DeviceType.BATTERY,
             rated_power_kw=5.0,
             rated_energy_kwh=13.5,
+            connection=sunspec(2),
         ),
         device("meter-site", "Site meter (PCC)", DeviceType.METER),
         device("load-house", "Household load", DeviceType.LOAD, rated_power_kw=12.0),
@@ -57,7 +78,7 @@ def sample_fleet() -> list[DERDevice]:
     ]
 
 
-def _solar_fraction(moment: datetime) -> float:
+def solar_fraction(moment: datetime) -> float:
     """A clear-sky-like daylight bell between 06:00 and 20:00 UTC, 0 to 1."""
     hour = moment.hour + moment.minute / 60
     return max(0.0, math.sin(math.pi * (hour - 6) / 14)) ** 1.5 if 6 <= hour <= 20 else 0.0
@@ -72,7 +93,7 @@ def _load_kw(moment: datetime) -> float:
 
 def readings_at(moment: datetime, rng: random.Random, soc: list[float]) -> list[DERTelemetry]:
     """One reading of every sample device at ``moment``; ``soc`` carries the battery state."""
-    sun = _solar_fraction(moment)
+    sun = solar_fraction(moment)
     noise = 1 + rng.uniform(-0.03, 0.03)
     pv1 = round(8.0 * 0.85 * sun * noise, 3)
     pv2 = round(6.0 * 0.85 * sun * noise, 3)

@@ -1,0 +1,57 @@
+"""The simulated SunSpec fleet, read through the real SunSpec adapter over Modbus TCP."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.sunspec.adapter import SunSpecAdapter
+from derim.models.common import DeviceType
+from derim.models.telemetry import BatteryTelemetry, SolarTelemetry
+from derim.sim.sunspec_fleet import BATTERY_UNIT, PV_UNIT, SunSpecFleetSim
+
+
+class Clock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_pv_follows_daylight_and_battery_integrates_its_power() -> None:
+    """Noon PV output is near rating, night output zero; a charging battery's SoC rises."""
+    clock = Clock(datetime(2024, 6, 1, 11, 0, tzinfo=UTC))
+    sim = await SunSpecFleetSim(step_s=3600, clock=clock).start()
+    transport = ModbusTcpTransport("127.0.0.1", sim.port)
+    pv = SunSpecAdapter("pv", DeviceType.SOLAR_PV, transport, PV_UNIT)
+    battery = SunSpecAdapter("bat", DeviceType.BATTERY, transport, BATTERY_UNIT)
+    try:
+        await pv.connect()
+        await battery.connect()
+        first_pv = (await pv.read_once())[0]
+        first_battery = (await battery.read_once())[0]
+        clock.now += timedelta(hours=1)
+        sim.update()
+        later_battery = (await battery.read_once())[0]
+        clock.now = datetime(2024, 6, 1, 23, 0, tzinfo=UTC)
+        sim.update()
+        night_pv = (await pv.read_once())[0]
+    finally:
+        transport.close()
+        await sim.stop()
+    assert isinstance(first_pv, SolarTelemetry)
+    assert isinstance(first_battery, BatteryTelemetry)
+    assert isinstance(later_battery, BatteryTelemetry)
+    assert first_pv.power_kw is not None
+    assert 5.0 < first_pv.power_kw <= 8.0 * 0.85
+    assert first_pv.state == "on"
+    assert night_pv.power_kw == pytest.approx(0.0)
+    assert night_pv.state == "sleeping"
+    assert first_battery.power_kw == pytest.approx(-3.0), "charging draws from the grid"
+    assert first_battery.state == "charging"
+    assert first_battery.soc_percent is not None
+    assert later_battery.soc_percent is not None
+    assert later_battery.soc_percent > first_battery.soc_percent
