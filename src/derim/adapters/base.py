@@ -76,6 +76,10 @@ class Adapter(abc.ABC):
         """Run until cancelled, publishing canonical records; reconnect on failure."""
 
     @abc.abstractmethod
+    def validate(self, command: CommandRequest) -> None:
+        """Check a command without sending it; raises ``InvalidRequestError``."""
+
+    @abc.abstractmethod
     async def send(self, command: CommandRequest) -> CommandResult:
         """Carry out a command; raises ``DeviceRejected`` or ``TransportError``."""
 

@@ -70,6 +70,10 @@ class AdapterManager:
         adapter = self._adapters.get(device_id)
         return None if adapter is None else adapter.status
 
+    def controller(self, device_id: str) -> PollingAdapter | None:
+        """The running adapter that carries out a device's commands, if the device is polled."""
+        return self._adapters.get(device_id)
+
     def transport(self, host: str, port: int, timeout_s: float) -> ModbusTcpTransport:
         """The shared connection to one Modbus TCP endpoint."""
         key = (host, port)

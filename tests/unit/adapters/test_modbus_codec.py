@@ -262,9 +262,9 @@ def test_encode_setpoint_outside_limits(value: float | str, complaint: str) -> N
 def test_encode_choices() -> None:
     """A choice word maps to its register value; anything else names the accepted choices."""
     enable = next(c for c in shipped_profile("generic_battery").controls if c.choices)
-    assert encode_write(enable, "disable") == [0]
+    assert encode_write(enable, "disconnect") == [0]
     with pytest.raises(
-        InvalidRequestError, match=r"enable: must be one of \['disable', 'enable'\]"
+        InvalidRequestError, match=r"enable: must be one of \['connect', 'disconnect'\]"
     ):
         encode_write(enable, 1)
 

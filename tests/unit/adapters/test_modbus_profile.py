@@ -75,7 +75,9 @@ def test_shipped_battery_has_limited_setpoint_and_switch() -> None:
     """The battery profile has a kW setpoint with limits and an enable/disable switch."""
     controls = {c.name: c for c in shipped_profile("generic_battery").controls}
     assert (controls["active_power_setpoint"].min, controls["active_power_setpoint"].max) == (-5, 5)
-    assert controls["enable"].choices == {"enable": 1, "disable": 0}
+    assert controls["enable"].choices == {"connect": 1, "disconnect": 0}
+    assert controls["enable"].commands == ["connect", "disconnect"]
+    assert controls["active_power_setpoint"].commands == ["set_active_power"]
 
 
 def test_block_settings_are_point_defaults() -> None:

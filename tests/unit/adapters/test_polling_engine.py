@@ -45,6 +45,9 @@ class FakeDevice(PollingAdapter):
             raise ProtocolError("frame with bad length")
         return [DERTelemetry(device_id=self.device_id, timestamp=datetime.now(UTC), power_kw=1.0)]
 
+    def validate(self, command: CommandRequest) -> None:
+        raise TransportError("the fake device takes no commands")
+
     async def send(self, command: CommandRequest) -> CommandResult:
         raise TransportError("the fake device takes no commands")
 

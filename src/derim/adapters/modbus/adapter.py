@@ -72,17 +72,28 @@ class ModbusAdapter(PollingAdapter):
             raise ProtocolError(f"device reported out-of-range values: {problems}") from exc
         return [record]
 
-    async def send(self, command: CommandRequest) -> CommandResult:
-        """Write the control point named in ``parameters["point"]``, then read it back.
-
-        Returns an acknowledged result only when the read-back matches; a Modbus exception raises
-        ``DeviceRejected`` and a mismatch gives a failed result naming both values.
-        """
+    def check(self, command: CommandRequest) -> tuple[ControlPoint, list[int]]:
+        """The control point and registers ``command`` would write; ``InvalidRequestError`` if
+        no point carries it out or the value is outside the point's limits."""
         point = self._control(command)
-        value: Any = command.parameters.get("choice", command.value)
+        value: Any = command.parameters.get("choice")
         if value is None:
-            raise InvalidRequestError("value", f"{point.name} needs a value or a choice")
-        registers = encode_write(point, value)
+            value = command.command.value if point.choices is not None else command.value
+        if value is None:
+            raise InvalidRequestError("value", f"{command.command.value} needs a value")
+        return point, encode_write(point, value)
+
+    def validate(self, command: CommandRequest) -> None:
+        """Check that a control point carries out ``command`` within its limits."""
+        self.check(command)
+
+    async def send(self, command: CommandRequest) -> CommandResult:
+        """Write the command's control point, then read it back.
+
+        The result is acknowledged only when the read-back matches; a Modbus exception raises
+        ``DeviceRejected``, and a mismatch gives a failed result naming both values.
+        """
+        point, registers = self.check(command)
         await self.transport.write(point.address, registers, self.unit_id)
         request = ReadRequest("holding", point.unit_id, point.address, point.count)
         echoed = decode_point(await self.transport.read(request, self.unit_id), point)
@@ -100,10 +111,14 @@ class ModbusAdapter(PollingAdapter):
     def _control(self, command: CommandRequest) -> ControlPoint:
         name = command.parameters.get("point")
         for point in self.profile.controls:
-            if point.name == name:
+            if point.name == name or (name is None and command.command in point.commands):
                 return point
-        known = ", ".join(p.name for p in self.profile.controls) or "none"
-        raise InvalidRequestError("parameters.point", f"unknown control point (known: {known})")
+        known = ", ".join(
+            f"{p.name} ({', '.join(p.commands) or '-'})" for p in self.profile.controls
+        )
+        raise InvalidRequestError(
+            "command", f"no control point carries out {command.command.value} (known: {known})"
+        )
 
     async def release(self) -> None:
         """Nothing to undo: the adapter keeps no control active on its own."""

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from derim.errors import ConfigError
+from derim.models.command import CommandType
 from derim.models.common import ConnectorStatus, DeviceType, OperatingState
 from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, telemetry_fields
 
@@ -160,6 +161,11 @@ class ControlPoint(RegisterSpan):
     min: float | None = Field(None, description="Smallest value accepted, in ``unit``.")
     max: float | None = Field(None, description="Largest value accepted, in ``unit``.")
     choices: dict[str, int] | None = Field(None, description="Command word -> register value.")
+    commands: list[CommandType] = Field(
+        default_factory=list,
+        description="Canonical commands this point carries out: a numeric point takes the "
+        "command's value, a choice point the choice named like the command.",
+    )
 
     @model_validator(mode="after")
     def _check_control(self) -> ControlPoint:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -124,9 +125,17 @@ class SunSpecAdapter(PollingAdapter):
             raise ProtocolError(f"device reported out-of-range values: {problems}") from exc
         return [record]
 
+    def validate(self, command: CommandRequest) -> None:
+        """SunSpec controls (models 123/704) are not mapped yet: every command is refused."""
+        _refuse()
+
     async def send(self, command: CommandRequest) -> CommandResult:
-        """SunSpec controls (models 123/704) are not mapped yet: refused, never sent."""
-        raise InvalidRequestError("command", "SunSpec control writes are not supported yet")
+        """Refused, never sent (see ``validate``)."""
+        _refuse()
 
     async def release(self) -> None:
         """Nothing to undo: this adapter sends no controls."""
+
+
+def _refuse() -> NoReturn:
+    raise InvalidRequestError("command", "SunSpec control writes are not supported yet")

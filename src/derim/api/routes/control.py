@@ -1,0 +1,61 @@
+"""``/api/v1/control``: commands to devices, checked before sending and confirmed after."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from derim.api.deps import get_services
+from derim.errors import InvalidRequestError
+from derim.models.command import CommandRequest, CommandResult, CommandStatus, CommandType
+from derim.models.device import DERDevice
+from derim.services import Services
+
+router = APIRouter(prefix="/api/v1/control", tags=["control"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+POWER_COMMANDS = frozenset({CommandType.SET_ACTIVE_POWER, CommandType.SET_POWER_LIMIT})
+
+
+@router.post("/{device_id}")
+async def control(device_id: str, command: CommandRequest, services: ServicesDep) -> CommandResult:
+    """Send a command and report what the device did.
+
+    Checked first against the device's rating and its profile's limits (422 naming what is
+    wrong, nothing sent); ``dry_run`` stops there. The answer is ``acknowledged`` only when the
+    device confirmed it (read-back), ``failed`` when the read-back differs; a device refusal is
+    409 and an unreachable device 503. An expired command is not sent.
+    """
+    device = services.registry.get(device_id)
+    adapter = services.adapters.controller(device_id)
+    if adapter is None:
+        raise InvalidRequestError(
+            "device_id", f"device {device_id!r} ({device.protocol}) takes no commands"
+        )
+    _check_rating(device, command)
+    result = CommandResult(device_id=device_id, request=command)
+    now = datetime.now(UTC)
+    if command.expires_at is not None and command.expires_at <= now:
+        result.status = CommandStatus.EXPIRED
+        result.message = "expired before it could be sent"
+        result.history.append((result.status, now))
+        return result
+    adapter.validate(command)
+    if command.dry_run:
+        result.status = CommandStatus.VALIDATED
+        result.message = "valid; not sent (dry run)"
+        result.history.append((result.status, now))
+        return result
+    return await adapter.send(command)
+
+
+def _check_rating(device: DERDevice, command: CommandRequest) -> None:
+    """Refuse power setpoints beyond the device's nameplate rating."""
+    rated = device.rated_power_kw
+    if command.command not in POWER_COMMANDS or rated is None or command.value is None:
+        return
+    if command.unit == "kW" and abs(command.value) > rated:
+        raise InvalidRequestError(
+            "value", f"{command.value} kW exceeds the device's rating of {rated} kW"
+        )

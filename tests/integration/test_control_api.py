@@ -1,0 +1,108 @@
+"""POST /api/v1/control/{id} against a Modbus battery: checks, dry runs, writes and refusals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_server import ApiServer
+from modbus_server import RegisterServer
+from pymodbus.constants import ExcCodes
+
+UNIT = 2
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[ApiServer]:
+    server = ApiServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def battery() -> AsyncIterator[RegisterServer]:
+    server = await RegisterServer(unit_id=UNIT, size=512).start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def client(api: ApiServer, battery: RegisterServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+        created = await http.post(
+            "/api/v1/devices",
+            json={"id": "bat", "device_type": "battery", "rated_power_kw": 4.0,
+                  "connection": {"protocol": "modbus", "host": "127.0.0.1", "port": battery.port,
+                                 "unit_id": UNIT, "profile": "generic_battery",
+                                 "poll_interval_s": 5}},
+        )  # fmt: skip
+        assert created.status_code == 201, created.text
+        assert (await http.post("/api/v1/devices", json={"id": "pushed"})).status_code == 201
+        yield http
+
+
+async def send(client: httpx.AsyncClient, device: str, **command: Any) -> httpx.Response:
+    return await client.post(f"/api/v1/control/{device}", json=command)
+
+
+async def test_setpoint_is_written_and_confirmed(
+    client: httpx.AsyncClient, battery: RegisterServer
+) -> None:
+    """A setpoint within limits and rating is written once and acknowledged after read-back."""
+    response = await send(client, "bat", command="set_active_power", value=-2.5)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "acknowledged"
+    assert battery.writes == [(300, [(-250) & 0xFFFF])]
+
+
+async def test_connect_and_disconnect_use_the_switch(
+    client: httpx.AsyncClient, battery: RegisterServer
+) -> None:
+    """connect/disconnect map to the profile's switch point."""
+    assert (await send(client, "bat", command="disconnect")).json()["status"] == "acknowledged"
+    assert (await send(client, "bat", command="connect")).json()["status"] == "acknowledged"
+    assert battery.writes == [(301, [0]), (301, [1])]
+
+
+@pytest.mark.parametrize(
+    ("command", "field"),
+    [
+        ({"command": "set_active_power", "value": 4.5}, "value"),
+        ({"command": "set_active_power"}, "value"),
+        ({"command": "start_charging"}, "command"),
+        ({"command": "set_active_power", "value": "lots"}, "body.value"),
+    ],
+)
+async def test_invalid_commands_are_refused_before_sending(
+    client: httpx.AsyncClient, battery: RegisterServer, command: dict[str, Any], field: str
+) -> None:
+    """Beyond the rating, missing values, unmapped commands: 422 naming the field, no write."""
+    response = await send(client, "bat", **command)
+    assert response.status_code == 422, response.text
+    assert field in {e["field"] for e in response.json()["errors"]}
+    assert battery.writes == []
+
+
+async def test_dry_run_validates_without_writing(
+    client: httpx.AsyncClient, battery: RegisterServer
+) -> None:
+    """dry_run answers 'validated' and leaves the device untouched."""
+    response = await send(client, "bat", command="set_active_power", value=1.0, dry_run=True)
+    assert response.json()["status"] == "validated"
+    assert battery.writes == []
+
+
+async def test_device_refusal_is_409_and_push_devices_take_no_commands(
+    client: httpx.AsyncClient, battery: RegisterServer
+) -> None:
+    """A Modbus exception is a 409 refusal; a device without an adapter cannot be commanded."""
+    battery.exception = ExcCodes.ILLEGAL_VALUE
+    refused = await send(client, "bat", command="set_active_power", value=1.0)
+    assert refused.status_code == 409
+    assert "exception 3" in refused.json()["detail"]
+    pushed = await send(client, "pushed", command="set_active_power", value=1.0)
+    assert pushed.status_code == 422
+    assert (await send(client, "ghost", command="connect")).status_code == 404
