@@ -176,3 +176,31 @@ async def test_rejected_write_is_reported_as_rejected(
     )
     with pytest.raises(DeviceRejected, match="exception 3"):
         await adapter.send(command)
+
+
+async def test_garbage_answers_never_crash_the_poller() -> None:
+    """A peer that answers every request with junk bytes leaves the device offline, loop alive."""
+
+    async def junk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(260):
+            writer.write(b"\x00\x01\xff\xff\x00\x03\x07\x83")
+            await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(junk, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    transport = ModbusTcpTransport("127.0.0.1", port, timeout_s=0.3)
+    settings = PollSettings(interval_s=0.01, timeout_s=0.5, backoff=Backoff(0.01, 0.02))
+    device = ModbusAdapter("junk", shipped_profile("generic_battery"), transport, UNIT, settings)
+    sink = Sink()
+    task = asyncio.create_task(device.run(sink))
+    try:
+        await until(lambda: device.status.consecutive_failures >= 3)
+        assert not task.done(), "the poll loop survives undecodable answers"
+        assert device.status.state in (ConnectionState.OFFLINE, ConnectionState.DEGRADED)
+        assert sink.records == []
+    finally:
+        await stop(task)
+        await device.aclose()
+        listener.close()
+        await listener.wait_closed()
