@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from api_server import ApiServer
 from influxd import MISSING, InfluxServer, influxd_binary
 
 
@@ -19,3 +21,11 @@ def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[ApiServer]:
+    """The API over real HTTP with its data in a fresh temporary directory."""
+    server = ApiServer(tmp_path).start()
+    yield server
+    server.stop()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,13 +12,6 @@ from modbus_server import RegisterServer
 from pymodbus.constants import ExcCodes
 
 UNIT = 2
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

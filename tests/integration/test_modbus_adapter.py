@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
 from modbus_server import RegisterServer
 from pymodbus.constants import ExcCodes
 
+from async_helpers import Sink, until
 from derim.adapters.base import Backoff, ConnectionState, PollSettings
 from derim.adapters.modbus import shipped_profile
 from derim.adapters.modbus.adapter import ModbusAdapter
 from derim.adapters.modbus.transport import ModbusTcpTransport
 from derim.errors import DeviceRejected, InvalidRequestError
 from derim.models.command import CommandRequest, CommandStatus, CommandType
-from derim.models.telemetry import BatteryTelemetry, DERTelemetry
+from derim.models.telemetry import BatteryTelemetry
 
 UNIT = 3
 FAST = PollSettings(interval_s=0.02, timeout_s=1.0, backoff=Backoff(initial_s=0.05, max_s=0.1))
@@ -32,20 +33,6 @@ def battery_image(server: RegisterServer, *, charge_raw: int = 500, charge_sf: i
     """Registers of the shipped generic battery profile (see its header comment)."""
     server.set(0, [0, 2500, 505, 0xFFFF, 251, 3, charge_raw, charge_sf & 0xFFFF, 0, 0])
     server.set(10, f32(50.0))
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[DERTelemetry] = []
-
-    async def __call__(self, records: Sequence[DERTelemetry]) -> None:
-        self.records.extend(records)
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # noqa: ASYNC110 - conditions read plain attributes
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -13,13 +12,6 @@ from api_server import ApiServer
 from modbus_server import RegisterServer
 
 UNIT = 7
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

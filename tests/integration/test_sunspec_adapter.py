@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 from modbus_server import RegisterServer
 from pymodbus.constants import ExcCodes
 
+from async_helpers import Sink, until
 from derim.adapters.base import Backoff, ConnectionState, PollSettings
 from derim.adapters.modbus.transport import ModbusTcpTransport
 from derim.adapters.sunspec import build_image
 from derim.adapters.sunspec.adapter import SunSpecAdapter
 from derim.models.common import DeviceType
-from derim.models.telemetry import DERTelemetry, SolarTelemetry
+from derim.models.telemetry import SolarTelemetry
 
 UNIT = 1
 BASE = 40000
@@ -27,20 +28,6 @@ INVERTER |= {"Hz": 5001, "Hz_SF": -2, "WH": 1234567, "WH_SF": 0, "St": 4, "A": 2
 
 def image(inverter: Mapping[str, Any]) -> list[int]:
     return build_image([(1, COMMON), (103, dict(inverter))])
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[DERTelemetry] = []
-
-    async def __call__(self, records: Sequence[DERTelemetry]) -> None:
-        self.records.extend(records)
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # noqa: ASYNC110 - conditions read plain attributes
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -12,13 +12,15 @@ import abc
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from derim.errors import AdapterError, TransportError
+from pydantic import ValidationError
+
+from derim.errors import AdapterError, ProtocolError, TransportError
 from derim.models.command import CommandRequest, CommandResult
 from derim.models.telemetry import DERTelemetry
 
@@ -64,6 +66,24 @@ class Backoff:
         """Seconds to wait after ``failures`` consecutive failures (``failures`` >= 1)."""
         base = min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1))
         return base * (1 + random.uniform(0, self.jitter))
+
+
+def canonical_reading(
+    telemetry: type[DERTelemetry], device_id: str, values: Mapping[str, object]
+) -> DERTelemetry:
+    """One reading stamped now from decoded ``values`` (None entries left out).
+
+    A value the canonical model refuses (SoC 140 %, a negative voltage) means the device sent
+    nonsense: ``ProtocolError``, so the poll counts as degraded instead of storing it.
+    """
+    present = {name: value for name, value in values.items() if value is not None}
+    try:
+        return telemetry.model_validate(
+            {"device_id": device_id, "timestamp": datetime.now(UTC), **present}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        raise ProtocolError(f"device reported out-of-range values: {problems}") from exc
 
 
 class Adapter(abc.ABC):

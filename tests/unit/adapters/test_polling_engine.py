@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 
+from async_helpers import Sink, until
 from derim.adapters.base import Backoff, ConnectionState, PollingAdapter, PollSettings
 from derim.errors import ProtocolError, TransportError
 from derim.models.command import CommandRequest, CommandResult
@@ -53,23 +54,6 @@ class FakeDevice(PollingAdapter):
 
     async def release(self) -> None:
         self.released = True
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[DERTelemetry] = []
-
-    async def __call__(self, records: Sequence[DERTelemetry]) -> None:
-        self.records.extend(records)
-
-    def count(self, device_id: str) -> int:
-        return sum(1 for r in self.records if r.device_id == device_id)
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # noqa: ASYNC110 - the conditions read plain fake attributes
-            await asyncio.sleep(0.005)
 
 
 FAST = PollSettings(interval_s=0.001, timeout_s=0.5, backoff=Backoff(initial_s=0.001, max_s=0.01))

@@ -7,9 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
-from derim.adapters.base import PollingAdapter, PollSettings
+from derim.adapters.base import PollingAdapter, PollSettings, canonical_reading
 from derim.adapters.modbus.codec import (
     MISSING,
     ReadRequest,
@@ -20,7 +18,7 @@ from derim.adapters.modbus.codec import (
 )
 from derim.adapters.modbus.profile import ControlPoint, Profile
 from derim.adapters.modbus.transport import ModbusTcpTransport
-from derim.errors import InvalidRequestError, ProtocolError
+from derim.errors import InvalidRequestError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus
 from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
 
@@ -62,15 +60,7 @@ class ModbusAdapter(PollingAdapter):
         """Run the read plan and decode one canonical reading (scale factors from this poll)."""
         image = {req: await self.transport.read(req, self.unit_id) for req in self._plan}
         values = decode_reading(self.profile, image)
-        present = {name: value for name, value in values.items() if value is not None}
-        try:
-            record = self._telemetry(
-                device_id=self.device_id, timestamp=datetime.now(UTC), **present
-            )
-        except ValidationError as exc:
-            problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
-            raise ProtocolError(f"device reported out-of-range values: {problems}") from exc
-        return [record]
+        return [canonical_reading(self._telemetry, self.device_id, values)]
 
     def check(self, command: CommandRequest) -> tuple[ControlPoint, list[int]]:
         """The control point and registers ``command`` would write; ``InvalidRequestError`` if

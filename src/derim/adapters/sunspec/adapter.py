@@ -8,12 +8,9 @@ DERIM maps in full, so scale factors always come from the same read as the value
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import NoReturn
 
-from pydantic import ValidationError
-
-from derim.adapters.base import PollingAdapter, PollSettings
+from derim.adapters.base import PollingAdapter, PollSettings, canonical_reading
 from derim.adapters.modbus.codec import ReadRequest
 from derim.adapters.modbus.transport import ModbusTcpTransport
 from derim.adapters.sunspec.decode import (
@@ -114,16 +111,9 @@ class SunSpecAdapter(PollingAdapter):
         values = {
             name: value
             for name, value in to_canonical(decoded).items()
-            if value is not None and name in self._telemetry.model_fields
+            if name in self._telemetry.model_fields
         }
-        try:
-            record = self._telemetry(
-                device_id=self.device_id, timestamp=datetime.now(UTC), **values
-            )
-        except ValidationError as exc:
-            problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
-            raise ProtocolError(f"device reported out-of-range values: {problems}") from exc
-        return [record]
+        return [canonical_reading(self._telemetry, self.device_id, values)]
 
     def validate(self, command: CommandRequest) -> None:
         """SunSpec controls (models 123/704) are not mapped yet: every command is refused."""
