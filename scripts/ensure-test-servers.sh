@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the servers the integration tests start (InfluxDB 1.x, Mosquitto) when they are missing.
+# Install what the integration tests start when it is missing: InfluxDB 1.x, Mosquitto, and socat
+# (a pseudo-terminal pair stands in for a Modbus RTU serial line).
 # Tests start their own instances on free loopback ports; nothing here starts a service.
 set -euo pipefail
 
 missing=()
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -15,7 +15,7 @@ from async_helpers import Sink, until
 from derim.adapters.base import Backoff, ConnectionState, PollSettings
 from derim.adapters.modbus import shipped_profile
 from derim.adapters.modbus.adapter import ModbusAdapter
-from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.modbus.transport import ModbusTransport
 from derim.errors import DeviceRejected, InvalidRequestError
 from derim.models.command import CommandRequest, CommandStatus, CommandType
 from derim.models.telemetry import BatteryTelemetry
@@ -45,7 +45,7 @@ async def server() -> AsyncIterator[RegisterServer]:
 
 @pytest.fixture
 async def adapter(server: RegisterServer) -> AsyncIterator[ModbusAdapter]:
-    transport = ModbusTcpTransport("127.0.0.1", server.port, timeout_s=1.0)
+    transport = ModbusTransport.tcp("127.0.0.1", server.port, timeout_s=1.0)
     device = ModbusAdapter("bat-1", shipped_profile("generic_battery"), transport, UNIT, FAST)
     yield device
     await device.aclose()
@@ -176,7 +176,7 @@ async def test_garbage_answers_never_crash_the_poller() -> None:
 
     listener = await asyncio.start_server(junk, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    transport = ModbusTcpTransport("127.0.0.1", port, timeout_s=0.3)
+    transport = ModbusTransport.tcp("127.0.0.1", port, timeout_s=0.3)
     settings = PollSettings(interval_s=0.01, timeout_s=0.5, backoff=Backoff(0.01, 0.02))
     device = ModbusAdapter("junk", shipped_profile("generic_battery"), transport, UNIT, settings)
     sink = Sink()

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec.adapter import SunSpecAdapter
 from derim.models.common import DeviceType
 from derim.models.telemetry import BatteryTelemetry, SolarTelemetry
@@ -25,7 +25,7 @@ async def test_pv_follows_daylight_and_battery_integrates_its_power() -> None:
     """Noon PV output is near rating, night output zero; a charging battery's SoC rises."""
     clock = Clock(datetime(2024, 6, 1, 11, 0, tzinfo=UTC))
     sim = await SunSpecFleetSim(step_s=3600, clock=clock).start()
-    transport = ModbusTcpTransport("127.0.0.1", sim.port)
+    transport = ModbusTransport.tcp("127.0.0.1", sim.port)
     pv = SunSpecAdapter("pv", DeviceType.SOLAR_PV, transport, PV_UNIT)
     battery = SunSpecAdapter("bat", DeviceType.BATTERY, transport, BATTERY_UNIT)
     try:

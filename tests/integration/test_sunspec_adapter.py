@@ -12,7 +12,7 @@ from pymodbus.constants import ExcCodes
 
 from async_helpers import Sink, until
 from derim.adapters.base import Backoff, ConnectionState, PollSettings
-from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec import build_image
 from derim.adapters.sunspec.adapter import SunSpecAdapter
 from derim.models.common import DeviceType
@@ -40,7 +40,7 @@ async def inverter() -> AsyncIterator[RegisterServer]:
 
 @pytest.fixture
 async def adapter(inverter: RegisterServer) -> AsyncIterator[SunSpecAdapter]:
-    transport = ModbusTcpTransport("127.0.0.1", inverter.port, timeout_s=1.0)
+    transport = ModbusTransport.tcp("127.0.0.1", inverter.port, timeout_s=1.0)
     device = SunSpecAdapter("pv-1", DeviceType.SOLAR_PV, transport, UNIT, FAST)
     yield device
     await device.aclose()
@@ -80,7 +80,7 @@ async def test_unmapped_candidate_bases_do_not_stop_discovery() -> None:
     """A device whose map sits at 50000 is found even though 40000 and 0 hold no marker."""
     server = await RegisterServer(unit_id=UNIT, size=50000 + 400).start()
     server.set(50000, image(INVERTER))
-    transport = ModbusTcpTransport("127.0.0.1", server.port, timeout_s=1.0)
+    transport = ModbusTransport.tcp("127.0.0.1", server.port, timeout_s=1.0)
     device = SunSpecAdapter("pv-2", DeviceType.SOLAR_PV, transport, UNIT, FAST)
     try:
         await transport.connect()

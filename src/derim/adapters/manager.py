@@ -1,8 +1,8 @@
 """Runs one adapter task per polled device; devices can be added and removed while running.
 
 Adapters are built by protocol through an explicit registry (``FACTORIES``). Devices behind one
-Modbus TCP endpoint share one connection. A device whose protocol has no adapter here (pushed over
-HTTP, or a protocol still to come) is registered but not polled.
+Modbus TCP endpoint, or on one RTU serial line, share one connection. A device whose protocol has
+no adapter here (pushed over HTTP, or a protocol still to come) is registered but not polled.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from pathlib import Path
 from derim.adapters.base import DeviceStatus, PollingAdapter, PollSettings, Publish
 from derim.adapters.modbus.adapter import ModbusAdapter
 from derim.adapters.modbus.profile import Profile, load_profile, shipped_profile
-from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec.adapter import SunSpecAdapter
 from derim.errors import ConfigError, InvalidRequestError
 from derim.models.device import DERDevice, ModbusConnection
 
 log = logging.getLogger(__name__)
-
-Endpoint = tuple[str, int]
 
 
 class AdapterManager:
@@ -32,7 +30,7 @@ class AdapterManager:
         self._publish = publish
         self._adapters: dict[str, PollingAdapter] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._transports: dict[Endpoint, ModbusTcpTransport] = {}
+        self._transports: dict[str, ModbusTransport] = {}
 
     def prepare(self, device: DERDevice) -> PollingAdapter | None:
         """Build (not start) the adapter of ``device``; ``InvalidRequestError`` if unusable."""
@@ -58,7 +56,7 @@ class AdapterManager:
         if adapter is not None and not self._shares_transport(adapter):
             await adapter.aclose()
             if isinstance(adapter, ModbusAdapter | SunSpecAdapter):
-                self._transports.pop((adapter.transport.host, adapter.transport.port), None)
+                self._transports.pop(adapter.transport.key, None)
 
     async def aclose(self) -> None:
         """Stop every adapter."""
@@ -74,12 +72,23 @@ class AdapterManager:
         """The running adapter that carries out a device's commands, if the device is polled."""
         return self._adapters.get(device_id)
 
-    def transport(self, host: str, port: int, timeout_s: float) -> ModbusTcpTransport:
-        """The shared connection to one Modbus TCP endpoint."""
-        key = (host, port)
-        if key not in self._transports:
-            self._transports[key] = ModbusTcpTransport(host, port, timeout_s=timeout_s)
-        return self._transports[key]
+    def transport(self, connection: ModbusConnection) -> ModbusTransport:
+        """The shared connection to one Modbus TCP endpoint or RTU serial line."""
+        if connection.serial_port is not None:
+            transport = ModbusTransport.rtu(
+                connection.serial_port,
+                baudrate=connection.baudrate,
+                parity=connection.parity,
+                stopbits=connection.stopbits,
+                bytesize=connection.bytesize,
+                timeout_s=connection.timeout_s,
+            )
+        else:
+            assert connection.host is not None  # guaranteed by ModbusConnection's validator
+            transport = ModbusTransport.tcp(
+                connection.host, connection.port, timeout_s=connection.timeout_s
+            )
+        return self._transports.setdefault(transport.key, transport)
 
     def _shares_transport(self, adapter: PollingAdapter) -> bool:
         if not isinstance(adapter, ModbusAdapter | SunSpecAdapter):
@@ -105,7 +114,7 @@ def _modbus(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
             f"not a {device.device_type.value}",
         )
     settings = PollSettings(interval_s=connection.poll_interval_s, timeout_s=connection.timeout_s)
-    transport = manager.transport(connection.host, connection.port, connection.timeout_s)
+    transport = manager.transport(connection)
     return ModbusAdapter(device.id, profile, transport, connection.unit_id, settings)
 
 
@@ -114,7 +123,7 @@ def _sunspec(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
     if not isinstance(connection, ModbusConnection):
         raise InvalidRequestError("connection", "a SunSpec device needs host, port and unit_id")
     settings = PollSettings(interval_s=connection.poll_interval_s, timeout_s=connection.timeout_s)
-    transport = manager.transport(connection.host, connection.port, connection.timeout_s)
+    transport = manager.transport(connection)
     return SunSpecAdapter(device.id, device.device_type, transport, connection.unit_id, settings)
 
 

@@ -28,11 +28,18 @@ class PushConnection(_Strict):
 
 
 class ModbusConnection(_Strict):
-    """A Modbus TCP device (or a unit behind a TCP gateway), polled on its own interval."""
+    """A Modbus device (or a unit behind a gateway) on TCP (``host``) or RTU (``serial_port``)."""
 
     protocol: Literal["modbus", "sunspec"]
-    host: str = Field(min_length=1, max_length=253)
-    port: int = Field(502, ge=1, le=65535)
+    host: str | None = Field(None, min_length=1, max_length=253, description="TCP host.")
+    port: int = Field(502, ge=1, le=65535, description="TCP port.")
+    serial_port: str | None = Field(
+        None, min_length=1, max_length=256, description="RTU serial device, such as /dev/ttyUSB0."
+    )
+    baudrate: int = Field(19200, ge=300, le=921600, description="RTU bits per second.")
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
     unit_id: int = Field(1, ge=0, le=255)
     profile: str | None = Field(
         None,
@@ -42,6 +49,12 @@ class ModbusConnection(_Strict):
     )
     poll_interval_s: float = Field(1.0, gt=0, le=3600, description="Seconds between polls.")
     timeout_s: float = Field(2.0, gt=0, le=60, description="Seconds one poll may take.")
+
+    @model_validator(mode="after")
+    def _one_link(self) -> ModbusConnection:
+        if (self.host is None) == (self.serial_port is None):
+            raise ValueError("give either host (Modbus TCP) or serial_port (Modbus RTU)")
+        return self
 
 
 class MqttConnection(_Strict):

@@ -17,7 +17,7 @@ from derim.adapters.modbus.codec import (
     plan_reads,
 )
 from derim.adapters.modbus.profile import ControlPoint, Profile
-from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.modbus.transport import ModbusTransport
 from derim.errors import InvalidRequestError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus
 from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
@@ -35,7 +35,7 @@ class ModbusAdapter(PollingAdapter):
         self,
         device_id: str,
         profile: Profile,
-        transport: ModbusTcpTransport,
+        transport: ModbusTransport,
         unit_id: int,
         settings: PollSettings | None = None,
     ) -> None:

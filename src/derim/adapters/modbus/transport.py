@@ -1,14 +1,15 @@
-"""Modbus TCP I/O on pymodbus's async client; pymodbus errors become DERIM errors here.
+"""Modbus I/O over TCP or RTU serial on pymodbus's async clients; pymodbus errors become DERIM
+errors here.
 
-One ``ModbusTcpTransport`` serves every unit id behind one host and port (a gateway), one request
-at a time, since many gateways do not pipeline transactions.
+One ``ModbusTransport`` serves every unit id behind one TCP endpoint (a gateway) or one serial
+line, one request at a time: RTU is half-duplex and many gateways do not pipeline transactions.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from derim.adapters.modbus.codec import ReadRequest
@@ -25,20 +26,50 @@ EXCEPTION_NAMES = {
 }
 
 
-class ModbusTcpTransport:
-    """Reads and writes registers on one Modbus TCP endpoint."""
+class ModbusTransport:
+    """Reads and writes registers through one pymodbus client (a TCP endpoint or a serial line)."""
 
-    def __init__(self, host: str, port: int, *, timeout_s: float = 2.0) -> None:
-        self.host = host
-        self.port = port
-        self._client = AsyncModbusTcpClient(
+    def __init__(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient, key: str) -> None:
+        self.key = key
+        """The endpoint, such as ``tcp://10.0.0.5:502`` or ``rtu:///dev/ttyUSB0``."""
+        self._client = client
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def tcp(cls, host: str, port: int, *, timeout_s: float = 2.0) -> ModbusTransport:
+        """A Modbus TCP endpoint (pymodbus's own reconnects are off: the poller decides)."""
+        client = AsyncModbusTcpClient(
             host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
         )
-        self._lock = asyncio.Lock()
+        return cls(client, f"tcp://{host}:{port}")
+
+    @classmethod
+    def rtu(
+        cls,
+        serial_port: str,
+        *,
+        baudrate: int = 19200,
+        parity: str = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        timeout_s: float = 2.0,
+    ) -> ModbusTransport:
+        """A Modbus RTU serial line."""
+        client = AsyncModbusSerialClient(
+            serial_port,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+            bytesize=bytesize,
+            timeout=timeout_s,
+            retries=0,
+            reconnect_delay=0,
+        )
+        return cls(client, f"rtu://{serial_port}")
 
     @property
     def connected(self) -> bool:
-        """Whether the TCP connection is open."""
+        """Whether the connection (socket or serial port) is open."""
         return bool(self._client.connected)
 
     async def connect(self) -> None:
@@ -48,9 +79,9 @@ class ModbusTcpTransport:
         try:
             opened = await self._client.connect()
         except (ModbusException, OSError) as exc:
-            raise TransportError(f"modbus {self.host}:{self.port}: {exc}") from exc
+            raise TransportError(f"modbus {self.key}: {exc}") from exc
         if not opened:
-            raise TransportError(f"modbus {self.host}:{self.port}: connection failed")
+            raise TransportError(f"modbus {self.key}: connection failed")
 
     def close(self) -> None:
         """Close the connection (the next ``connect`` opens a fresh one)."""
@@ -69,7 +100,7 @@ class ModbusTcpTransport:
             try:
                 response = await read(request.address, count=request.count, device_id=unit_id)
             except (ModbusException, OSError) as exc:
-                raise TransportError(f"modbus {self.host}:{self.port}: {exc}") from exc
+                raise TransportError(f"modbus {self.key}: {exc}") from exc
         if response.isError():
             raise _rejected(response.exception_code, f"read {request.address}+{request.count}")
         registers: list[int] = list(response.registers)
@@ -81,7 +112,7 @@ class ModbusTcpTransport:
             try:
                 response = await self._client.write_registers(address, values, device_id=unit_id)
             except (ModbusException, OSError) as exc:
-                raise TransportError(f"modbus {self.host}:{self.port}: {exc}") from exc
+                raise TransportError(f"modbus {self.key}: {exc}") from exc
         if response.isError():
             raise _rejected(response.exception_code, f"write {address}")
 

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from derim.adapters.base import PollingAdapter, PollSettings, canonical_reading
 from derim.adapters.modbus.codec import ReadRequest
-from derim.adapters.modbus.transport import ModbusTcpTransport
+from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec.decode import (
     CANONICAL_SOURCES,
     STATE_SOURCES,
@@ -51,7 +51,7 @@ class SunSpecAdapter(PollingAdapter):
         self,
         device_id: str,
         device_type: DeviceType,
-        transport: ModbusTcpTransport,
+        transport: ModbusTransport,
         unit_id: int,
         settings: PollSettings | None = None,
     ) -> None:
