@@ -34,6 +34,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "c": ("bench_http_ingest.py", "POST /api/v1/telemetry over HTTP"),
     "d": ("bench_query.py", "query latency, a year of 1-s data"),
     "e": ("bench_rss.py", "RSS under sustained ingest"),
+    "f": ("bench_polling.py", "polling 1,000 SunSpec devices over Modbus TCP"),
 }
 
 

@@ -53,7 +53,10 @@ class ModbusAdapter(PollingAdapter):
         await self.transport.connect()
 
     async def disconnect(self) -> None:
-        """Close the endpoint's connection so the next poll reconnects."""
+        """Nothing: the shared transport reopens its connection itself when it is dead."""
+
+    async def aclose(self) -> None:
+        """Close the transport (the manager calls this only for its last device)."""
         self.transport.close()
 
     async def read_once(self) -> Sequence[DERTelemetry]:

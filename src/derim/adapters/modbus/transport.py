@@ -3,17 +3,26 @@ errors here.
 
 One ``ModbusTransport`` serves every unit id behind one TCP endpoint (a gateway) or one serial
 line, one request at a time: RTU is half-duplex and many gateways do not pipeline transactions.
+The transport manages its own connection: one unit timing out or refusing does not close it for
+the others; only ``FAILURES_BEFORE_RECONNECT`` transport failures in a row (a connection that
+looks open but is dead) make it reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from derim.adapters.modbus.codec import ReadRequest
 from derim.errors import DeviceRejected, TransportError
+
+T = TypeVar("T")
+FAILURES_BEFORE_RECONNECT = 3
+"""Consecutive transport failures, across all units, after which the connection is reopened."""
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -34,6 +43,8 @@ class ModbusTransport:
         """The endpoint, such as ``tcp://10.0.0.5:502`` or ``rtu:///dev/ttyUSB0``."""
         self._client = client
         self._lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()
+        self._failures = 0
 
     @classmethod
     def tcp(cls, host: str, port: int, *, timeout_s: float = 2.0) -> ModbusTransport:
@@ -73,15 +84,21 @@ class ModbusTransport:
         return bool(self._client.connected)
 
     async def connect(self) -> None:
-        """Open the connection; raises ``TransportError`` when it is refused or times out."""
-        if self.connected:
-            return
-        try:
-            opened = await self._client.connect()
-        except (ModbusException, OSError) as exc:
-            raise TransportError(f"modbus {self.key}: {exc}") from exc
-        if not opened:
-            raise TransportError(f"modbus {self.key}: connection failed")
+        """Open the connection unless it is open; ``TransportError`` when refused or timed out.
+
+        Devices sharing the transport may call this at once: one of them connects, the others
+        wait for it.
+        """
+        async with self._connect_lock:
+            if self.connected:
+                return
+            try:
+                opened = await self._client.connect()
+            except (ModbusException, OSError) as exc:
+                raise TransportError(f"modbus {self.key}: {exc}") from exc
+            if not opened:
+                raise TransportError(f"modbus {self.key}: connection failed")
+            self._failures = 0
 
     def close(self) -> None:
         """Close the connection (the next ``connect`` opens a fresh one)."""
@@ -96,11 +113,13 @@ class ModbusTransport:
             if request.register_type == "holding"
             else self._client.read_input_registers
         )
-        async with self._lock:
-            try:
-                response = await read(request.address, count=request.count, device_id=unit_id)
-            except (ModbusException, OSError) as exc:
-                raise TransportError(f"modbus {self.key}: {exc}") from exc
+        try:
+            response = await self._exclusive(
+                lambda: read(request.address, count=request.count, device_id=unit_id)
+            )
+        except (ModbusException, OSError) as exc:
+            raise self._failed(exc) from exc
+        self._failures = 0
         if response.isError():
             raise _rejected(response.exception_code, f"read {request.address}+{request.count}")
         registers: list[int] = list(response.registers)
@@ -108,13 +127,45 @@ class ModbusTransport:
 
     async def write(self, address: int, values: list[int], unit_id: int) -> None:
         """Write holding registers (function 16)."""
-        async with self._lock:
-            try:
-                response = await self._client.write_registers(address, values, device_id=unit_id)
-            except (ModbusException, OSError) as exc:
-                raise TransportError(f"modbus {self.key}: {exc}") from exc
+        try:
+            response = await self._exclusive(
+                lambda: self._client.write_registers(address, values, device_id=unit_id)
+            )
+        except (ModbusException, OSError) as exc:
+            raise self._failed(exc) from exc
+        self._failures = 0
         if response.isError():
             raise _rejected(response.exception_code, f"write {address}")
+
+    async def _exclusive(self, request: Callable[[], Awaitable[T]]) -> T:
+        """Run one request alone on the connection, shielded from the caller's cancellation.
+
+        A poll that times out while waiting must not cut a transaction in half (the late answer
+        would then meet the next request): the request finishes, bounded by the client's own
+        timeout, and releases the connection; only its caller stops waiting.
+        """
+
+        async def alone() -> T:
+            async with self._lock:
+                return await request()
+
+        task = asyncio.ensure_future(alone())
+        task.add_done_callback(_consume)
+        return await asyncio.shield(task)
+
+    def _failed(self, exc: BaseException) -> TransportError:
+        """Count a transport failure; reopen the connection after too many in a row."""
+        self._failures += 1
+        if self._failures >= FAILURES_BEFORE_RECONNECT:
+            self._failures = 0
+            self.close()
+        return TransportError(f"modbus {self.key}: {exc}")
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Retrieve the outcome of a request whose caller stopped waiting (no unretrieved errors)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _rejected(code: int, what: str) -> DeviceRejected:

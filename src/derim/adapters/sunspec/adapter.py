@@ -69,7 +69,10 @@ class SunSpecAdapter(PollingAdapter):
         self.models = await self.discover()
 
     async def disconnect(self) -> None:
-        """Close the endpoint's connection; the next connect discovers again."""
+        """Nothing: the shared transport reopens its connection itself when it is dead."""
+
+    async def aclose(self) -> None:
+        """Close the transport (the manager calls this only for its last device)."""
         self.transport.close()
 
     async def discover(self) -> list[ModelEntry]:
