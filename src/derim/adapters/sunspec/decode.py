@@ -56,29 +56,35 @@ def decode_model(model_id: int, registers: Sequence[int]) -> DecodedBlock:
         raise ProtocolError(f"model {model_id}: L is {regs[1]} but {len(regs)} registers given")
     if regs[1] < definition.min_length:
         raise ProtocolError(f"model {model_id}: L {regs[1]} is below {definition.min_length}")
-    values, _ = _decode_group(definition.group, regs, 0, ())
+    values, _ = _decode_group(definition.group, regs, struct.pack(f">{len(regs)}H", *regs), 0, ())
     return values
 
 
 def _decode_group(
-    group: GroupDef, regs: Sequence[int], start: int, enclosing: Scope
+    group: GroupDef, regs: Sequence[int], block: bytes, start: int, enclosing: Scope
 ) -> tuple[DecodedBlock, int]:
-    """One instance of ``group`` starting at ``regs[start]``, and the index just past it."""
+    """One instance of ``group`` starting at ``regs[start]``, and the index just past it.
+
+    ``block`` is ``regs`` as big-endian bytes, so each point is a slice, not a conversion.
+    """
     end = start + group.points_size
     if end > len(regs):
         raise ProtocolError(f"group {group.name} at {start} runs past the block ({len(regs)})")
     points = [point for point in group.points if point.type != "pad"]
-    raw = {p.name: _raw(p, regs[start + p.offset : start + p.offset + p.size]) for p in points}
+    raw = {
+        p.name: _raw(p, block[2 * (start + p.offset) : 2 * (start + p.offset + p.size)])
+        for p in points
+    }
     scope: Scope = (raw, *enclosing)
     values: DecodedBlock = {point.name: _scaled(point, raw[point.name], scope) for point in points}
     position = end
     for sub in group.groups:
         if not sub.repeating:
-            values[sub.name], position = _decode_group(sub, regs, position, scope)
+            values[sub.name], position = _decode_group(sub, regs, block, position, scope)
             continue
         instances: list[DecodedBlock] = []
         for _ in range(_repeat_count(sub, len(regs) - position, scope)):
-            instance, position = _decode_group(sub, regs, position, scope)
+            instance, position = _decode_group(sub, regs, block, position, scope)
             instances.append(instance)
         values[sub.name] = instances
     return values, position
@@ -109,9 +115,9 @@ def _lookup(scope: Scope, name: str) -> int | float | str | Missing:
     raise ProtocolError(f"no point {name!r} in scope")
 
 
-def _raw(point: PointDef, regs: Sequence[int]) -> int | float | str | Missing:
-    """The unscaled value of ``point`` held in ``regs``, or ``MISSING`` for its sentinel."""
-    data = b"".join(r.to_bytes(2, "big") for r in regs)
+def _raw(point: PointDef, data: bytes) -> int | float | str | Missing:
+    """The unscaled value of ``point`` held in ``data`` (its registers, big-endian), or
+    ``MISSING`` for its sentinel."""
     unsigned = int.from_bytes(data, "big")
     bits = 16 * point.size
     if point.type == "string":
