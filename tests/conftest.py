@@ -20,8 +20,8 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     yield
     current = asyncio.current_task()
     leaked: list[asyncio.Task[object]] = []
-    for _ in range(GRACE_STEPS):
-        await asyncio.sleep(GRACE_STEP_S)
+    for step in range(GRACE_STEPS):
+        await asyncio.sleep(GRACE_STEP_S if step else 0)
         leaked = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]
         if not leaked:
             break
