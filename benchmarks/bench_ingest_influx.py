@@ -25,21 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integ
 
 from influxd import InfluxServer
 
+from _bus import ingest_through_bus
 from _common import Figure, arg_parser, emit, machine_info, median, progress, repeats
 from _data import build_records
-from derim.bus import IngestBus
-from derim.config import Settings
 from derim.models.telemetry import DERTelemetry
 from derim.storage import influx
-from derim.storage.durable import DurableWriter
 from derim.storage.influx import InfluxStore
-from derim.storage.spool import Spool
 from derim.storage.sqlite import EPOCH, ONE_MS
 
 BENCH = "b_ingest_influx"
 CHUNK = 1_000
 LINES_PER_POST = 5_000
-WRITE_TIMEOUT_S = 600.0
 KEYS = ("device_id", "timestamp")
 SKIPPED = 77
 
@@ -102,38 +98,10 @@ async def run_ours(
     url: str, database: str, spool_dir: Path, chunks: list[list[DERTelemetry]]
 ) -> float:
     """Seconds to ingest every chunk through the bus into a fresh InfluxDB database."""
-    total = sum(len(c) for c in chunks)
-    defaults = Settings.model_fields
-    store = InfluxStore(url, database)
-    spool = Spool(spool_dir / "spool.db")
-    await store.open()
-    await spool.open()
-    writer = DurableWriter(store, spool)
-    bus = IngestBus(
-        writer.write,
-        max_batch=defaults["ingest_max_batch"].default,
-        max_pending=defaults["ingest_max_pending"].default,
+    elapsed, _ = await ingest_through_bus(
+        InfluxStore(url, database), spool_dir / "spool.db", chunks
     )
-    writer.start()
-    bus.start()
-    try:
-        started = time.perf_counter()
-        deadline = time.monotonic() + WRITE_TIMEOUT_S
-        for chunk in chunks:
-            await bus.publish(chunk)
-        while bus.counters.written < total:
-            if time.monotonic() > deadline or bus.counters.dropped:
-                raise RuntimeError(f"bus wrote {bus.counters.written} of {total}")
-            await asyncio.sleep(0.0005)
-        elapsed = time.perf_counter() - started
-        if writer.counters.spooled or writer.counters.stored != total:
-            raise RuntimeError(f"unexpected write counters {writer.counters}")
-        return elapsed
-    finally:
-        await bus.stop()
-        await writer.stop()
-        await store.close()
-        await spool.close()
+    return elapsed
 
 
 def main(argv: list[str] | None = None) -> None:

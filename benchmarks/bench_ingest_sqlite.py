@@ -21,14 +21,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _bus import ingest_through_bus
 from _common import Figure, arg_parser, emit, machine_info, median, progress, repeats
 from _data import build_records
-from derim.bus import IngestBus
-from derim.config import Settings
 from derim.models.telemetry import DERTelemetry
 from derim.storage import sqlite_schema as schema
-from derim.storage.durable import DurableWriter
-from derim.storage.spool import Spool
 from derim.storage.sqlite import EPOCH, ONE_MS, SQLiteStore
 
 CHUNK = 1_000
@@ -44,7 +41,6 @@ RAW_COLUMNS = (
     "power_factor",
     "quality",
 )
-WRITE_TIMEOUT_S = 600.0
 BENCH = "a_ingest_sqlite"
 
 
@@ -90,38 +86,10 @@ def run_raw(path: Path, rows: list[tuple[Any, ...]]) -> float:
 async def run_ours(directory: Path, chunks: list[list[DERTelemetry]]) -> tuple[float, float]:
     """Seconds to ingest every chunk through the bus, and seconds of the rollup refresh after."""
     total = sum(len(c) for c in chunks)
-    defaults = Settings.model_fields
     store = SQLiteStore(directory / "derim.db")
-    spool = Spool(directory / "spool.db")
-    await store.open()
-    await spool.open()
-    writer = DurableWriter(store, spool)
-    bus = IngestBus(
-        writer.write,
-        max_batch=defaults["ingest_max_batch"].default,
-        max_pending=defaults["ingest_max_pending"].default,
+    ingest_s, rollup_s = await ingest_through_bus(
+        store, directory / "spool.db", chunks, after=store.refresh_rollups
     )
-    writer.start()
-    bus.start()
-    try:
-        started = time.perf_counter()
-        deadline = time.monotonic() + WRITE_TIMEOUT_S
-        for chunk in chunks:
-            await bus.publish(chunk)
-        while bus.counters.written < total:
-            if time.monotonic() > deadline or bus.counters.dropped:
-                raise RuntimeError(f"bus wrote {bus.counters.written} of {total}")
-            await asyncio.sleep(0.0005)
-        ingested = time.perf_counter()
-        await store.refresh_rollups()
-        rolled = time.perf_counter()
-        if writer.counters.spooled or writer.counters.stored != total:
-            raise RuntimeError(f"unexpected write counters {writer.counters}")
-    finally:
-        await bus.stop()
-        await writer.stop()
-        await store.close()
-        await spool.close()
     conn = sqlite3.connect(directory / "derim.db")
     try:
         (count,) = conn.execute("SELECT count(*) FROM telemetry").fetchone()
@@ -129,7 +97,7 @@ async def run_ours(directory: Path, chunks: list[list[DERTelemetry]]) -> tuple[f
         conn.close()
     if count != total:
         raise RuntimeError(f"store holds {count} of {total} rows")
-    return ingested - started, rolled - ingested
+    return ingest_s, rollup_s
 
 
 def main(argv: list[str] | None = None) -> None:
