@@ -106,3 +106,31 @@ async def test_exceptions_during_polls_degrade_then_recover(
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert adapter.status.state is ConnectionState.ONLINE
+
+
+async def test_a_refused_model_flags_the_reading_and_degrades_the_device() -> None:
+    """When one model read fails, the rest is still published, flagged questionable."""
+    mppt = {"DCW_SF": 0, "DCV_SF": -1, "N": 2, "module": [{"ID": 1, "DCW": 2400, "DCV": 3805}]}
+    mppt["module"] += [{"ID": 2, "DCW": 2500, "DCV": 3790}]
+    server = await RegisterServer(unit_id=UNIT, size=BASE + 400).start()
+    server.set(BASE, build_image([(1, COMMON), (103, INVERTER), (160, mppt)]))
+    transport = ModbusTransport.tcp("127.0.0.1", server.port, timeout_s=1.0)
+    device = SunSpecAdapter("pv-3", DeviceType.SOLAR_PV, transport, UNIT, FAST)
+    sink = Sink()
+    task = asyncio.create_task(device.run(sink))
+    try:
+        await until(lambda: len(sink.records) >= 1)
+        assert sink.records[-1].quality == "good"
+        assert getattr(sink.records[-1], "dc_power_kw", None) == pytest.approx(4.9)
+        mppt_at = next(m.address for m in device.models if m.model_id == 160)
+        server.unit.failing = [range(mppt_at, mppt_at + 1)]
+        await until(lambda: sink.records[-1].quality == "questionable")
+        assert sink.records[-1].power_kw == pytest.approx(4.75)
+        assert device.status.state is ConnectionState.DEGRADED
+        server.unit.failing = []
+        await until(lambda: device.status.state is ConnectionState.ONLINE)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await device.aclose()
+        await server.stop()

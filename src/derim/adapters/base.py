@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from derim.errors import AdapterError, ProtocolError, TransportError
 from derim.models.command import CommandRequest, CommandResult
+from derim.models.common import Quality
 from derim.models.telemetry import DERTelemetry
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class PollingAdapter(Adapter):
                 await self._fail(ConnectionState.DEGRADED, exc)
                 next_tick = loop.time()
                 continue
-            self._succeeded()
+            self._succeeded(records)
             await publish(records)
             next_tick += self.settings.interval_s
             now = loop.time()
@@ -178,10 +179,13 @@ class PollingAdapter(Adapter):
                 next_tick = now
             await asyncio.sleep(next_tick - now)
 
-    def _succeeded(self) -> None:
-        if self.status.state is not ConnectionState.ONLINE:
-            log.info("device %s online", self.device_id)
-        self.status.state = ConnectionState.ONLINE
+    def _succeeded(self, records: Sequence[DERTelemetry]) -> None:
+        """A poll answered; a reading flagged less than good (a partial read) means degraded."""
+        partial = any(record.quality is not Quality.GOOD for record in records)
+        state = ConnectionState.DEGRADED if partial else ConnectionState.ONLINE
+        if self.status.state is not state:
+            log.info("device %s %s", self.device_id, state.value)
+        self.status.state = state
         self.status.last_seen = datetime.now(UTC)
         self.status.last_error = None
         self.status.consecutive_failures = 0

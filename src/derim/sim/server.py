@@ -19,6 +19,8 @@ class SimUnit:
         self.size = size
         self.exception: ExcCodes | None = None
         """When set, every request to this unit is answered with this Modbus exception."""
+        self.failing: list[range] = []
+        """Addresses whose requests are answered with ``SERVER_DEVICE_FAILURE``."""
         self.reads: list[tuple[int, int]] = []
         self.writes: list[tuple[int, list[int]]] = []
         self.registers: list[int] | None = None
@@ -45,6 +47,8 @@ class SimUnit:
         self._pending.clear()
         if self.exception is not None:
             return self.exception
+        if any(address in failing for failing in self.failing):
+            return ExcCodes.DEVICE_FAILURE
         if set_values is None:
             self.reads.append((address, count))
         else:

@@ -28,9 +28,9 @@ from derim.adapters.sunspec.discovery import (
     is_marker,
 )
 from derim.adapters.sunspec.models import HEADER_SIZE
-from derim.errors import DeviceRejected, InvalidRequestError, ProtocolError
+from derim.errors import AdapterError, DeviceRejected, InvalidRequestError, ProtocolError
 from derim.models.command import CommandRequest, CommandResult
-from derim.models.common import DeviceType
+from derim.models.common import DeviceType, Quality
 from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
 
 MAX_READ = 125
@@ -105,17 +105,30 @@ class SunSpecAdapter(PollingAdapter):
         return registers
 
     async def read_once(self) -> Sequence[DERTelemetry]:
-        """Read every mapped model once and map it to one canonical reading."""
+        """Read every mapped model once and map it to one canonical reading.
+
+        A model the device refuses or garbles is left out and the reading is flagged
+        ``questionable`` (the device shows as degraded); if every model fails, the poll fails.
+        """
         decoded: dict[int, DecodedBlock] = {}
+        failures: list[AdapterError] = []
         for entry in self.models:
-            if entry.model_id in POLLED_MODELS and entry.model_id not in decoded:
+            if entry.model_id not in POLLED_MODELS or entry.model_id in decoded:
+                continue
+            try:
                 registers = await self._read(entry.address, HEADER_SIZE + entry.length)
                 decoded[entry.model_id] = decode_model(entry.model_id, registers)
-        values = {
+            except (DeviceRejected, ProtocolError) as exc:
+                failures.append(exc)
+        if failures and not decoded:
+            raise failures[0]
+        values: dict[str, object] = {
             name: value
             for name, value in to_canonical(decoded).items()
             if name in self._telemetry.model_fields
         }
+        if failures:
+            values["quality"] = Quality.QUESTIONABLE
         return [canonical_reading(self._telemetry, self.device_id, values)]
 
     def validate(self, command: CommandRequest) -> None:
