@@ -8,6 +8,8 @@ import pytest
 
 from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec.adapter import SunSpecAdapter
+from derim.errors import InvalidRequestError
+from derim.models.command import CommandRequest, CommandStatus, CommandType
 from derim.models.common import DeviceType
 from derim.models.telemetry import BatteryTelemetry, SolarTelemetry
 from derim.sim.sunspec_fleet import BATTERY_UNIT, PV_UNIT, SunSpecFleetSim
@@ -55,3 +57,32 @@ async def test_pv_follows_daylight_and_battery_integrates_its_power() -> None:
     assert first_battery.soc_percent is not None
     assert later_battery.soc_percent is not None
     assert later_battery.soc_percent > first_battery.soc_percent
+
+
+async def test_power_limit_curtails_the_simulated_inverter() -> None:
+    """set_power_limit writes model 123, is read back, and caps the inverter's output."""
+    clock = Clock(datetime(2024, 6, 1, 13, 0, tzinfo=UTC))
+    sim = await SunSpecFleetSim(step_s=3600, clock=clock).start()
+    transport = ModbusTransport.tcp("127.0.0.1", sim.port)
+    pv = SunSpecAdapter("pv", DeviceType.SOLAR_PV, transport, PV_UNIT, rated_power_kw=8.0)
+    try:
+        await pv.connect()
+        before = (await pv.read_once())[0]
+        limit = CommandRequest(command=CommandType.SET_POWER_LIMIT, value=2.0, unit="kW")
+        result = await pv.send(limit)
+        sim.update()
+        curtailed = (await pv.read_once())[0]
+        with pytest.raises(InvalidRequestError, match="outside 0-100"):
+            pv.validate(CommandRequest(command=CommandType.SET_POWER_LIMIT, value=150, unit="%"))
+        cleared = await pv.send(CommandRequest(command=CommandType.CLEAR_POWER_LIMIT))
+        sim.update()
+        restored = (await pv.read_once())[0]
+    finally:
+        transport.close()
+        await sim.stop()
+    assert result.status is CommandStatus.ACKNOWLEDGED
+    assert cleared.status is CommandStatus.ACKNOWLEDGED
+    assert before.power_kw is not None
+    assert before.power_kw > 5.0
+    assert curtailed.power_kw == pytest.approx(2.0)
+    assert restored.power_kw == pytest.approx(before.power_kw)

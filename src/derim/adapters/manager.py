@@ -124,7 +124,14 @@ def _sunspec(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
         raise InvalidRequestError("connection", "a SunSpec device needs host, port and unit_id")
     settings = PollSettings(interval_s=connection.poll_interval_s, timeout_s=connection.timeout_s)
     transport = manager.transport(connection)
-    return SunSpecAdapter(device.id, device.device_type, transport, connection.unit_id, settings)
+    return SunSpecAdapter(
+        device.id,
+        device.device_type,
+        transport,
+        connection.unit_id,
+        settings,
+        rated_power_kw=device.rated_power_kw,
+    )
 
 
 def _load(name: str) -> Profile:

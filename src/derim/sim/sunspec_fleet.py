@@ -1,10 +1,11 @@
 """A simulated SunSpec PV inverter and battery behind one Modbus TCP gateway (units 1 and 2).
 
-Their register maps are built from pysunspec2's model definitions (common model 1 plus inverter
-model 103 for the PV inverter, battery model 802 for the battery) at the usual base 40000, and
-refreshed every ``step_s`` seconds: PV output follows the demo's clear-sky-like daylight curve,
-the battery charges around midday and discharges in the evening, its state of charge integrating
-its power.
+Their register maps are built from pysunspec2's model definitions (common model 1, inverter
+model 103 and immediate controls 123 for the PV inverter, battery model 802 for the battery) at the
+usual base 40000, and refreshed every ``step_s`` seconds: PV output follows the demo's
+clear-sky-like daylight curve, capped by a power limit written to model 123 (``WMaxLimPct`` with
+``WMaxLim_Ena``) and zero while disconnected (``Conn``); the battery charges around midday and
+discharges in the evening, its state of charge integrating its power.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from derim.adapters.sunspec import controls
+from derim.adapters.sunspec.discovery import walk_models
 from derim.adapters.sunspec.image import build_image
 from derim.demo import solar_fraction
 from derim.sim.server import SimServer, SimUnit
@@ -57,6 +60,12 @@ class SunSpecFleetSim:
         self.pv_unit = SimUnit(PV_UNIT, BASE + 200)
         self.battery_unit = SimUnit(BATTERY_UNIT, BASE + 200)
         self.server = SimServer([self.pv_unit, self.battery_unit])
+        self.pv_controls = {"Conn": 1, "WMaxLimPct": 100, "WMaxLimPct_SF": 0, "WMaxLim_Ena": 0}
+        """Model 123 as the inverter holds it (raw values); control writes land here."""
+        layout = {BASE + i: r for i, r in enumerate(self._pv_image(0))}
+        self._controls_at = next(
+            m.address for m in walk_models(layout, BASE) if m.model_id == controls.CONTROLS_MODEL
+        )
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -88,10 +97,23 @@ class SunSpecFleetSim:
     def update(self) -> None:
         """Recompute both devices for the clock's current time and publish their registers."""
         moment = self.clock()
-        pv_w = round(self.pv_rating_w * 0.85 * solar_fraction(moment))
+        self._take_control_writes()
+        available = self.pv_rating_w * 0.85 * solar_fraction(moment)
+        if self.pv_controls["WMaxLim_Ena"] == 1:
+            percent = self.pv_controls["WMaxLimPct"] * 10 ** self.pv_controls["WMaxLimPct_SF"]
+            available = min(available, self.pv_rating_w * percent / 100)
+        pv_w = round(available) if self.pv_controls["Conn"] == 1 else 0
         self.pv_unit.set(BASE, self._pv_image(pv_w))
         self._step_battery(moment)
         self.battery_unit.set(BASE, self._battery_image())
+
+    def _take_control_writes(self) -> None:
+        """Keep what a client wrote into model 123 since the last update."""
+        live = self.pv_unit.registers
+        if live is None:
+            return
+        for name in ("Conn", "WMaxLimPct", "WMaxLim_Ena"):
+            self.pv_controls[name] = live[self._controls_at + controls.point_offset(name)]
 
     def _pv_image(self, power_w: int) -> list[int]:
         phase_a = round(power_w / 3 / 230 * 100)
@@ -102,7 +124,7 @@ class SunSpecFleetSim:
             "DCW": round(power_w * 1.03), "DCW_SF": 0, "St": ST_MPPT if power_w else ST_SLEEPING,
         }  # fmt: skip
         common = {"Mn": "DERIM", "Md": "SIM-PV", "SN": "PV-0001", "Vr": "1.0", "DA": PV_UNIT}
-        return build_image([(1, common), (103, inverter)])
+        return build_image([(1, common), (103, inverter), (123, dict(self.pv_controls))])
 
     def _step_battery(self, moment: datetime) -> None:
         hour = moment.hour + moment.minute / 60

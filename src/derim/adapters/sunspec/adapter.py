@@ -8,11 +8,12 @@ DERIM maps in full, so scale factors always come from the same read as the value
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NoReturn
+from datetime import UTC, datetime
 
 from derim.adapters.base import PollingAdapter, PollSettings, canonical_reading
 from derim.adapters.modbus.codec import ReadRequest
 from derim.adapters.modbus.transport import ModbusTransport
+from derim.adapters.sunspec import controls
 from derim.adapters.sunspec.decode import (
     CANONICAL_SOURCES,
     STATE_SOURCES,
@@ -29,7 +30,7 @@ from derim.adapters.sunspec.discovery import (
 )
 from derim.adapters.sunspec.models import HEADER_SIZE
 from derim.errors import AdapterError, DeviceRejected, InvalidRequestError, ProtocolError
-from derim.models.command import CommandRequest, CommandResult
+from derim.models.command import CommandRequest, CommandResult, CommandStatus
 from derim.models.common import DeviceType, Quality
 from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
 
@@ -54,8 +55,11 @@ class SunSpecAdapter(PollingAdapter):
         transport: ModbusTransport,
         unit_id: int,
         settings: PollSettings | None = None,
+        rated_power_kw: float | None = None,
     ) -> None:
         super().__init__(device_id, settings)
+        self.rated_power_kw = rated_power_kw
+        """Nameplate power (kW), for limits given in kW."""
         if device_type not in (DeviceType.SOLAR_PV, DeviceType.BATTERY):
             raise InvalidRequestError("device_type", "a SunSpec device is solar_pv or battery")
         self.transport = transport
@@ -132,16 +136,43 @@ class SunSpecAdapter(PollingAdapter):
         return [canonical_reading(self._telemetry, self.device_id, values)]
 
     def validate(self, command: CommandRequest) -> None:
-        """SunSpec controls (models 123/704) are not mapped yet: every command is refused."""
-        _refuse()
+        """Check a command against model 123's presence and 0-100 % of rating."""
+        controls.limit_percent(command, self.rated_power_kw)
+        self._controls_entry()
 
     async def send(self, command: CommandRequest) -> CommandResult:
-        """Refused, never sent (see ``validate``)."""
-        _refuse()
+        """Write model 123 points, then read the model back to confirm.
+
+        The limit is scaled by the device's own ``WMaxLimPct_SF``, read just before writing.
+        """
+        percent = controls.limit_percent(command, self.rated_power_kw)
+        entry = self._controls_entry()
+        block = await self._read(entry.address, HEADER_SIZE + entry.length)
+        current = decode_model(controls.CONTROLS_MODEL, block)
+        written = controls.control_writes(command, percent, current)
+        for name, raw in written.items():
+            address = entry.address + controls.point_offset(name)
+            await self.transport.write(address, [raw & 0xFFFF], self.unit_id)
+        after = decode_model(
+            controls.CONTROLS_MODEL, await self._read(entry.address, HEADER_SIZE + entry.length)
+        )
+        sf = current.get("WMaxLimPct_SF")
+        result = CommandResult(device_id=self.device_id, request=command)
+        if controls.read_back_matches(written, after, sf if isinstance(sf, int) else 0):
+            result.status = CommandStatus.ACKNOWLEDGED
+            result.message = f"model 123 {', '.join(written)} set and read back"
+        else:
+            result.status = CommandStatus.FAILED
+            shown = {name: after.get(name) for name in written}
+            result.message = f"model 123 wrote {written}, device reads back {shown}"
+        result.history.append((result.status, datetime.now(UTC)))
+        return result
+
+    def _controls_entry(self) -> ModelEntry:
+        for entry in self.models:
+            if entry.model_id == controls.CONTROLS_MODEL:
+                return entry
+        raise InvalidRequestError("command", "the device has no SunSpec model 123 (controls)")
 
     async def release(self) -> None:
         """Nothing to undo: this adapter sends no controls."""
-
-
-def _refuse() -> NoReturn:
-    raise InvalidRequestError("command", "SunSpec control writes are not supported yet")
