@@ -1,11 +1,12 @@
 """(f) The polling engine against 1,000 simulated SunSpec inverters served by another process.
 
 Ours: one ``SunSpecAdapter`` per device (discovery, then one model-103 read per poll, decoded and
-validated into a canonical reading), devices behind 5 gateways sharing one connection each, as
-``AdapterManager`` builds them. Raw: one pymodbus client per gateway reading the same 52
-registers from each unit in a tight loop. Measured: the request rate unpaced (interval ~0) as a
-share of raw; at a 1 s cycle, the p99 lateness of poll starts against their schedule; and the
-same with one dead device (accepts connections, never answers) among them.
+validated into a canonical reading), devices behind 5 gateways sharing one connection and one
+``LinePoller`` each, as ``AdapterManager`` runs them. Raw: one pymodbus client per gateway
+reading the same 52 registers from each unit in a tight loop. Measured: the request rate
+unpaced (interval ~0) as a share of raw; at a 1 s cycle, the p99 lateness of poll starts against
+their schedule; and the same with one dead device (accepts connections, never answers) among
+them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from _common import BENCH_DIR, Figure, arg_parser, emit, median, percentile, repeats
 from derim.adapters.base import Backoff, PollSettings
+from derim.adapters.line import LinePoller
 from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec.adapter import SunSpecAdapter
 from derim.models.common import DeviceType
@@ -113,27 +115,34 @@ async def run_ours(
     warmup_s = 5.0
     samples: list[float] = []
     settings = PollSettings(interval_s=interval_s, timeout_s=1.0, backoff=Backoff(1.0, 5.0))
+    sink = Counter()
     adapters: list[TimedAdapter] = []
+    lines: list[tuple[LinePoller, list[TimedAdapter]]] = []
     for i, port in enumerate(gateways):
         transport = ModbusTransport.tcp("127.0.0.1", port, timeout_s=1.0)
-        for unit in range(1, min(PER_GATEWAY, devices - i * PER_GATEWAY) + 1):
-            adapters.append(
-                TimedAdapter(f"pv-{port}-{unit}", DeviceType.SOLAR_PV, transport, unit, settings,
-                             warmup_until=loop.time() + warmup_s)
-            )  # fmt: skip
+        line = LinePoller(transport.key, sink)
+        members = [
+            TimedAdapter(f"pv-{port}-{unit}", DeviceType.SOLAR_PV, transport, unit, settings,
+                         warmup_until=loop.time() + warmup_s)
+            for unit in range(1, min(PER_GATEWAY, devices - i * PER_GATEWAY) + 1)
+        ]  # fmt: skip
+        lines.append((line, members))
     if dead_port is not None:
         dead = ModbusTransport.tcp("127.0.0.1", dead_port, timeout_s=1.0)
-        adapters.append(TimedAdapter("dead", DeviceType.SOLAR_PV, dead, 1, settings,
-                                     warmup_until=float("inf")))  # fmt: skip
-    sink = Counter()
-    tasks = [asyncio.create_task(a.run(sink)) for a in adapters]
+        lines.append((LinePoller(dead.key, sink), [
+            TimedAdapter("dead", DeviceType.SOLAR_PV, dead, 1, settings, warmup_until=float("inf"))
+        ]))  # fmt: skip
+    for line, members in lines:
+        for adapter in members:
+            line.add(adapter)
+        adapters += members
     await asyncio.sleep(warmup_s)
     before = sink.records
     await asyncio.sleep(seconds)
     rate = (sink.records - before) / seconds
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    for line, members in lines:
+        for adapter in members:
+            await line.remove(adapter)
     for adapter in adapters:
         adapter.transport.close()
         samples += adapter.lateness()

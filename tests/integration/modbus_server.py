@@ -1,10 +1,14 @@
-"""One simulated Modbus unit on its own server, for adapter tests (``derim.sim`` does the work)."""
+"""One simulated Modbus unit on its own TCP server or serial line, for adapter tests
+(``derim.sim`` does the work)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusSerialServer
+from pymodbus.simulator import DataType, SimData, SimDevice
 
 from derim.sim.server import SimServer, SimUnit
 
@@ -43,3 +47,25 @@ class RegisterServer(SimServer):
         """Listen (on the same port again after a stop)."""
         await super().start()
         return self
+
+
+class RtuServer:
+    """Serves ``unit`` over Modbus RTU on the serial device ``port`` (a pseudo-terminal end)."""
+
+    def __init__(self, unit: SimUnit, port: str, baudrate: int = 19200) -> None:
+        self.unit = unit
+        device = SimDevice(
+            id=unit.unit_id,
+            simdata=[SimData(address=0, count=unit.size, values=0, datatype=DataType.REGISTERS)],
+            action=functools.partial(SimUnit.handle, unit),
+        )
+        self._server = ModbusSerialServer(device, port=port, baudrate=baudrate)
+
+    async def start(self) -> RtuServer:
+        """Open the serial port and answer requests in the background."""
+        await self._server.serve_forever(background=True)
+        return self
+
+    async def stop(self) -> None:
+        """Close the serial port."""
+        await self._server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus lacks hints

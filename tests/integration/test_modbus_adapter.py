@@ -4,6 +4,7 @@ exceptions and control writes with read-back."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from derim.adapters.modbus.adapter import ModbusAdapter
 from derim.adapters.modbus.transport import ModbusTransport
 from derim.errors import DeviceRejected, InvalidRequestError
 from derim.models.command import CommandRequest, CommandStatus, CommandType
+from derim.models.common import OperatingState, Quality
 from derim.models.telemetry import BatteryTelemetry
 
 UNIT = 3
@@ -119,6 +121,31 @@ async def test_modbus_exception_marks_the_device_degraded(
     server.exception = None
     await until(lambda: len(sink.records) >= 1)
     await stop(task)
+    assert adapter.status.state is ConnectionState.ONLINE
+
+
+async def test_unmapped_state_code_degrades_the_reading_not_the_poll(
+    adapter: ModbusAdapter, server: RegisterServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unknown state code still publishes the reading, as state unknown and questionable;
+    the device shows degraded, the code is warned about once, and a known code heals it."""
+    caplog.set_level(logging.DEBUG, logger="derim.adapters.modbus.adapter")
+    server.set(5, [42])
+    sink = Sink()
+    task = await polling(adapter, sink)
+    await until(lambda: len(sink.records) >= 3)
+    assert adapter.status.state is ConnectionState.DEGRADED
+    record = sink.records[-1]
+    assert isinstance(record, BatteryTelemetry)
+    assert record.state is OperatingState.UNKNOWN
+    assert record.quality is Quality.QUESTIONABLE
+    assert record.soc_percent == pytest.approx(50.5)
+    reports = [r for r in caplog.records if "operating_state code 42" in r.getMessage()]
+    assert [r.levelno for r in reports][:3] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    server.set(5, [2])
+    await until(lambda: sink.records[-1].quality is Quality.GOOD)
+    await stop(task)
+    assert sink.records[-1].state is OperatingState.CHARGING
     assert adapter.status.state is ConnectionState.ONLINE
 
 

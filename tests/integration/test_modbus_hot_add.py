@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from api_server import ApiServer
 from modbus_server import RegisterServer
+
+from async_helpers import until_async
 
 UNIT = 7
 
@@ -19,12 +20,6 @@ async def meter() -> AsyncIterator[RegisterServer]:
     server = await RegisterServer(unit_id=UNIT, size=512).start()
     yield server
     await server.stop()
-
-
-async def until(check: Callable[[], Coroutine[Any, Any, bool]], timeout_s: float = 15.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - polling the HTTP API is the point
-            await asyncio.sleep(0.05)
 
 
 async def test_registered_modbus_device_is_polled_until_deleted(
@@ -68,14 +63,14 @@ async def test_registered_modbus_device_is_polled_until_deleted(
             status = (await client.get("/api/v1/devices/m-hot")).json()["status"]
             return status is not None and status["state"] == "online"
 
-        await until(online)
+        await until_async(online)
         device = (await client.get("/api/v1/devices/m-hot")).json()
         assert device["status"]["last_seen"] is not None
 
         async def has_data() -> bool:
             return (await client.get("/api/v1/telemetry/m-hot/latest")).status_code == 200
 
-        await until(has_data)
+        await until_async(has_data)
         assert (await client.delete("/api/v1/devices/m-hot")).status_code == 204
         await asyncio.sleep(0.3)
         polls_after_delete = len(meter.reads)

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import shutil
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
-from pymodbus.server import ModbusSerialServer
-from pymodbus.simulator import DataType, SimData, SimDevice
+from modbus_server import RtuServer
 
 from async_helpers import Sink, until
 from derim.adapters.base import Backoff, ConnectionState, PollSettings
@@ -23,48 +17,15 @@ from derim.models.telemetry import BatteryTelemetry
 from derim.sim.server import SimUnit
 
 UNIT = 5
-MISSING_SOCAT = "socat is not installed (Debian package `socat`); `make test` installs it"
-
-
-@pytest.fixture
-def serial_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """Two linked pseudo-terminals: (server end, client end)."""
-    if shutil.which("socat") is None:
-        pytest.fail(MISSING_SOCAT, pytrace=False)
-    server_end, client_end = tmp_path / "ttyS", tmp_path / "ttyC"
-    process = subprocess.Popen(
-        ["socat", f"pty,raw,echo=0,link={server_end}", f"pty,raw,echo=0,link={client_end}"],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(200):
-            if server_end.exists() and client_end.exists():
-                break
-            process.poll()
-            assert process.returncode is None, "socat exited"
-            time.sleep(0.02)
-        yield str(server_end), str(client_end)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
 async def rtu_battery(serial_pair: tuple[str, str]) -> AsyncIterator[SimUnit]:
     unit = SimUnit(UNIT, 256)
     unit.set(0, [0, 1500, 805, 990, 200, 2, 50, 1, 0, 0, 0x4248, 0])
-    device = SimDevice(
-        id=UNIT,
-        simdata=[SimData(address=0, count=256, values=0, datatype=DataType.REGISTERS)],
-        action=functools.partial(SimUnit.handle, unit),
-    )
-    server = ModbusSerialServer(device, port=serial_pair[0], baudrate=19200)
-    task = asyncio.create_task(server.serve_forever())
-    await asyncio.sleep(0.2)
+    server = await RtuServer(unit, serial_pair[0], baudrate=19200).start()
     yield unit
-    await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus lacks hints
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await server.stop()
 
 
 async def test_rtu_device_is_polled_and_decoded(

@@ -1,9 +1,10 @@
 """The adapter contract and the polling engine shared by poll protocols (Modbus, SunSpec).
 
-A ``PollingAdapter`` owns one device's loop: connect, ``read_once()``, publish, sleep to the next
-tick. Every device has its own task, interval, timeout and capped exponential backoff, so a dead or
-slow device never delays another. The loop keeps a ``DeviceStatus`` (online, degraded, offline,
-last seen, last error) that the API can show.
+A ``PollingAdapter`` polls one device: connect, ``read_once()``, publish, then wait for the next
+tick. Every device has its own interval, timeout and capped exponential backoff, so a dead or
+slow device never delays another; it runs as its own task (``run``), or, sharing a connection,
+is polled by that connection's task (``derim.adapters.line``). Each adapter keeps a
+``DeviceStatus`` (online, degraded, offline, last seen, last error) that the API can show.
 """
 
 from __future__ import annotations
@@ -115,11 +116,20 @@ class Adapter(abc.ABC):
 
 @dataclass
 class PollSettings:
-    """Timing of one device's poll loop (seconds)."""
+    """Timing of one device's polls (seconds)."""
 
     interval_s: float = 1.0
     timeout_s: float = 2.0
+    """How long the device may take to answer one request."""
     backoff: Backoff = field(default_factory=Backoff)
+    deadline_s: float | None = None
+    """Bound on a whole poll (connecting, discovery, several requests); 4 x ``timeout_s`` if
+    None, so that it cuts off a hung poll rather than a slow request."""
+
+    @property
+    def poll_deadline_s(self) -> float:
+        """The bound on a whole poll (s)."""
+        return self.deadline_s if self.deadline_s is not None else 4 * self.timeout_s
 
 
 class PollingAdapter(Adapter):
@@ -129,6 +139,8 @@ class PollingAdapter(Adapter):
         self.device_id = device_id
         self.settings = settings or PollSettings()
         self.status = DeviceStatus()
+        self._connected = False
+        self._next_tick: float | None = None
 
     @abc.abstractmethod
     async def connect(self) -> None:
@@ -146,38 +158,47 @@ class PollingAdapter(Adapter):
     async def read_once(self) -> Sequence[DERTelemetry]:
         """Read the device once; raise ``TransportError`` or ``ProtocolError``."""
 
+    line: str | None = None
+    """The connection this device shares with others (a gateway, a serial line), if any: the
+    manager then polls all of them from one task (see ``derim.adapters.line``)."""
+
     async def run(self, publish: Publish) -> None:
         """Poll forever: on time when healthy, after a backoff delay when not."""
         loop = asyncio.get_running_loop()
-        next_tick = loop.time()
-        connected = False
         while True:
-            self.status.polls += 1
-            try:
-                async with asyncio.timeout(self.settings.timeout_s):
-                    if not connected:
-                        await self.connect()
-                        connected = True
-                    records = await self.read_once()
-            except (TransportError, TimeoutError, OSError) as exc:
-                connected = False
-                await self._fail(ConnectionState.OFFLINE, exc)
-                next_tick = loop.time()
-                continue
-            except AdapterError as exc:
-                # The device answered, but with something undecodable or a refusal.
-                connected = False
-                await self._fail(ConnectionState.DEGRADED, exc)
-                next_tick = loop.time()
-                continue
-            self._succeeded(records)
-            await publish(records)
-            next_tick += self.settings.interval_s
-            now = loop.time()
-            if next_tick < now:
-                self.status.late_polls += 1
-                next_tick = now
-            await asyncio.sleep(next_tick - now)
+            due = await self.poll(publish)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+
+    async def poll(self, publish: Publish) -> float:
+        """Poll the device once and publish what it read; the loop time (s) of the next poll.
+
+        Healthy, that is the next tick of the device's own schedule (a poll that starts late
+        moves the schedule on and counts in ``late_polls``); after a failure, the end of the
+        backoff delay.
+        """
+        loop = asyncio.get_running_loop()
+        if self._next_tick is None:
+            self._next_tick = loop.time()
+        self.status.polls += 1
+        try:
+            async with asyncio.timeout(self.settings.poll_deadline_s):
+                if not self._connected:
+                    await self.connect()
+                    self._connected = True
+                records = await self.read_once()
+        except (TransportError, TimeoutError, OSError) as exc:
+            return await self._fail(ConnectionState.OFFLINE, exc)
+        except AdapterError as exc:
+            # The device answered, but with something undecodable or a refusal.
+            return await self._fail(ConnectionState.DEGRADED, exc)
+        self._succeeded(records)
+        await publish(records)
+        self._next_tick += self.settings.interval_s
+        now = loop.time()
+        if self._next_tick < now:
+            self.status.late_polls += 1
+            self._next_tick = now
+        return self._next_tick
 
     def _succeeded(self, records: Sequence[DERTelemetry]) -> None:
         """A poll answered; a reading flagged less than good (a partial read) means degraded."""
@@ -190,8 +211,9 @@ class PollingAdapter(Adapter):
         self.status.last_error = None
         self.status.consecutive_failures = 0
 
-    async def _fail(self, state: ConnectionState, exc: BaseException) -> None:
-        """Record a failed poll, log the change once, drop the connection and back off."""
+    async def _fail(self, state: ConnectionState, exc: BaseException) -> float:
+        """Record a failed poll, log the change once and drop the connection; the loop time (s)
+        at which the backoff delay ends."""
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if self.status.state is not state:
             log.warning("device %s %s: %s", self.device_id, state.value, message)
@@ -200,8 +222,12 @@ class PollingAdapter(Adapter):
         self.status.state = state
         self.status.last_error = message
         self.status.consecutive_failures += 1
+        self._connected = False
         try:
             await self.disconnect()
         except (TransportError, OSError) as exc_close:
             log.debug("device %s: error while disconnecting: %s", self.device_id, exc_close)
-        await asyncio.sleep(self.settings.backoff.delay(self.status.consecutive_failures))
+        self._next_tick = asyncio.get_running_loop().time() + self.settings.backoff.delay(
+            self.status.consecutive_failures
+        )
+        return self._next_tick

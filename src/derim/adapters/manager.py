@@ -1,7 +1,8 @@
-"""Runs one adapter task per polled device; devices can be added and removed while running.
+"""Runs the adapters of polled devices; devices can be added and removed while running.
 
 Adapters are built by protocol through an explicit registry (``FACTORIES``). Devices behind one
-Modbus TCP endpoint, or on one RTU serial line, share one connection. A device whose protocol has
+Modbus TCP endpoint, or on one RTU serial line, share one connection and are polled by one task
+(``LinePoller``); any other polled device runs as its own task. A device whose protocol has
 no adapter here (pushed over HTTP, or a protocol still to come) is registered but not polled.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from derim.adapters.base import DeviceStatus, PollingAdapter, PollSettings, Publish
+from derim.adapters.line import LinePoller
 from derim.adapters.modbus.adapter import ModbusAdapter
 from derim.adapters.modbus.profile import Profile, load_profile, shipped_profile
 from derim.adapters.modbus.transport import ModbusTransport
@@ -30,6 +32,7 @@ class AdapterManager:
         self._publish = publish
         self._adapters: dict[str, PollingAdapter] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lines: dict[str, LinePoller] = {}
         self._transports: dict[str, ModbusTransport] = {}
 
     def prepare(self, device: DERDevice) -> PollingAdapter | None:
@@ -42,9 +45,15 @@ class AdapterManager:
         if adapter is None:
             return
         self._adapters[device_id] = adapter
-        self._tasks[device_id] = asyncio.create_task(
-            adapter.run(self._publish), name=f"derim-poll-{device_id}"
-        )
+        if adapter.line is None:
+            self._tasks[device_id] = asyncio.create_task(
+                adapter.run(self._publish), name=f"derim-poll-{device_id}"
+            )
+            return
+        line = self._lines.get(adapter.line)
+        if line is None:
+            line = self._lines[adapter.line] = LinePoller(adapter.line, self._publish)
+        line.add(adapter)
 
     async def stop(self, device_id: str) -> None:
         """Stop polling a device and close its connection if no other device uses it."""
@@ -53,6 +62,11 @@ class AdapterManager:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        line = None if adapter is None or adapter.line is None else self._lines.get(adapter.line)
+        if adapter is not None and line is not None:
+            await line.remove(adapter)
+            if line.empty:
+                del self._lines[line.key]
         if adapter is not None and not self._shares_transport(adapter):
             await adapter.aclose()
             if isinstance(adapter, ModbusAdapter | SunSpecAdapter):
@@ -60,7 +74,7 @@ class AdapterManager:
 
     async def aclose(self) -> None:
         """Stop every adapter."""
-        for device_id in list(self._tasks):
+        for device_id in list(self._adapters):
             await self.stop(device_id)
 
     def status(self, device_id: str) -> DeviceStatus | None:

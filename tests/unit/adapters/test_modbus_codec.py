@@ -18,10 +18,12 @@ from derim.adapters.modbus import (
     decode_point,
     decode_reading,
     encode_write,
+    load_profile_text,
     plan_reads,
     shipped_profile,
 )
 from derim.errors import ConfigError, InvalidRequestError, ProtocolError
+from derim.models.common import OperatingState
 
 FORMATS = {
     "u16": "H",
@@ -193,7 +195,7 @@ def test_meter_reading_uses_scale_factors_from_the_same_image() -> None:
     meter = shipped_profile("generic_meter")
     values = {0: 2301, 1: 0xFFFF, 2: 125, 3: 0xFFFE, 4: 5000, 5: 950, 6: 0xFFFF, 7: 0xED68}
     values |= {20: 1500, 24: 0x4240, 25: 0x000F}
-    first = decode_reading(meter, image(meter, values))
+    first = decode_reading(meter, image(meter, values)).fields
     assert first["voltage_v"] == pytest.approx(230.1)
     assert first["current_a"] == pytest.approx(1.25)
     assert first["frequency_hz"] == pytest.approx(50.0)
@@ -201,29 +203,58 @@ def test_meter_reading_uses_scale_factors_from_the_same_image() -> None:
     assert first["power_kw"] == pytest.approx(4.76)
     assert first["energy_import_kwh"] == pytest.approx(1.5)
     assert first["energy_export_kwh"] == pytest.approx(1000.0)
-    second = decode_reading(meter, image(meter, values | {1: 0}))
+    second = decode_reading(meter, image(meter, values | {1: 0})).fields
     assert second["voltage_v"] == pytest.approx(2301.0)
 
 
 def test_sentinels_make_fields_missing() -> None:
     """A sentinel in a value or in its scale factor makes the canonical field None."""
     meter = shipped_profile("generic_meter")
-    fields = decode_reading(meter, image(meter, {1: 0x8000, 2: 0xFFFF, 5: 0x8000}))
+    fields = decode_reading(meter, image(meter, {1: 0x8000, 2: 0xFFFF, 5: 0x8000})).fields
     assert fields["voltage_v"] is None
     assert fields["current_a"] is None
     assert fields["power_factor"] is None
     assert fields["frequency_hz"] == 0.0
 
 
-def test_battery_state_enum_and_unknown_code() -> None:
-    """State codes map to canonical OperatingState values; an unmapped code is a ProtocolError."""
+def test_battery_state_enum_maps_codes() -> None:
+    """State codes map to canonical OperatingState values; nothing is reported unmapped."""
     battery = shipped_profile("generic_battery")
-    fields = decode_reading(battery, image(battery, {2: 805, 5: 2, 6: 5000, 7: 0}))
-    assert fields["state"] == "charging"
-    assert fields["soc_percent"] == pytest.approx(80.5)
-    assert fields["charge_rate_kw"] == pytest.approx(5.0)
-    with pytest.raises(ProtocolError, match="code 42 is not in its enum map"):
-        decode_reading(battery, image(battery, {5: 42}))
+    reading = decode_reading(battery, image(battery, {2: 805, 5: 2, 6: 5000, 7: 0}))
+    assert reading.fields["state"] == "charging"
+    assert reading.fields["soc_percent"] == pytest.approx(80.5)
+    assert reading.fields["charge_rate_kw"] == pytest.approx(5.0)
+    assert reading.unmapped == {}
+
+
+def test_unmapped_state_code_reads_unknown_and_is_reported() -> None:
+    """A code missing from the map reads as OperatingState.UNKNOWN; the other fields decode."""
+    battery = shipped_profile("generic_battery")
+    reading = decode_reading(battery, image(battery, {2: 805, 5: 42}))
+    assert reading.fields["state"] == OperatingState.UNKNOWN.value
+    assert reading.fields["soc_percent"] == pytest.approx(80.5)
+    assert reading.unmapped == {"operating_state": 42}
+
+
+def test_unmapped_connector_code_leaves_the_status_out() -> None:
+    """ConnectorStatus has no unknown member: an unmapped code gives None, not a made-up status."""
+    charger = load_profile_text(
+        "name: charger\n"
+        "device_type: ev_charger\n"
+        "blocks:\n"
+        "  - points:\n"
+        "      - name: status\n"
+        "        address: 0\n"
+        "        data_type: u16\n"
+        "        field: connector_status\n"
+        "        enum: {0: available, 1: charging}\n"
+    )
+    assert decode_reading(charger, image(charger, {0: 1})).fields == {
+        "connector_status": "charging"
+    }
+    reading = decode_reading(charger, image(charger, {0: 9}))
+    assert reading.fields == {"connector_status": None}
+    assert reading.unmapped == {"status": 9}
 
 
 def test_reading_needs_every_fed_point_in_the_image() -> None:

@@ -71,12 +71,14 @@ def test_any_image_of_a_shipped_profile_decodes_or_raises_protocol_error(
         size = request.count if well_formed else data.draw(st.integers(0, request.count + 3))
         image[request] = data.draw(st.lists(values, min_size=size, max_size=size))
     try:
-        fields = decode_reading(profile, image)
+        reading = decode_reading(profile, image)
     except ProtocolError:
         return
-    assert set(fields) == {point.field for point in profile.points} - {None}
-    for value in fields.values():
+    assert set(reading.fields) == {point.field for point in profile.points} - {None}
+    for value in reading.fields.values():
         assert value is None or isinstance(value, str) or math.isfinite(value)
+    enums = {point.name: point.enum for point in profile.points if point.enum is not None}
+    assert all(code not in enums[name] for name, code in reading.unmapped.items())
 
 
 @FUZZ

@@ -2,6 +2,7 @@
 
 from derim.adapters.modbus.codec import (
     MISSING,
+    DecodedReading,
     FieldValue,
     Missing,
     ReadRequest,
@@ -29,6 +30,7 @@ __all__ = [
     "MISSING",
     "Block",
     "ControlPoint",
+    "DecodedReading",
     "FieldValue",
     "Missing",
     "Point",

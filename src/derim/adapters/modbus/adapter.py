@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,10 @@ from derim.adapters.modbus.profile import ControlPoint, Profile
 from derim.adapters.modbus.transport import ModbusTransport
 from derim.errors import InvalidRequestError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus
+from derim.models.common import Quality
 from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
+
+log = logging.getLogger(__name__)
 
 READ_BACK_TOLERANCE = 1e-6
 """Relative difference allowed between a written and a read-back value."""
@@ -42,11 +46,14 @@ class ModbusAdapter(PollingAdapter):
         super().__init__(device_id, settings)
         self.profile = profile
         self.transport = transport
+        self.line = transport.key
         self.unit_id = unit_id
         self._plan: list[ReadRequest] = plan_reads(
             profile.points, profile.read.max_registers, profile.read.max_gap
         )
         self._telemetry = TELEMETRY_BY_DEVICE_TYPE[profile.device_type]
+        self._unmapped_reported: set[str] = set()
+        """Points whose unmapped enum code has been logged as a warning already."""
 
     async def connect(self) -> None:
         """Open (or reuse) the endpoint's connection."""
@@ -60,10 +67,31 @@ class ModbusAdapter(PollingAdapter):
         self.transport.close()
 
     async def read_once(self) -> Sequence[DERTelemetry]:
-        """Run the read plan and decode one canonical reading (scale factors from this poll)."""
+        """Run the read plan and decode one canonical reading (scale factors from this poll).
+
+        An enum code the profile does not map reads as unknown and flags the reading
+        ``questionable`` (the device shows as degraded) instead of failing the poll.
+        """
         image = {req: await self.transport.read(req, self.unit_id) for req in self._plan}
-        values = decode_reading(self.profile, image)
+        decoded = decode_reading(self.profile, image)
+        values: dict[str, object] = dict(decoded.fields)
+        if decoded.unmapped:
+            values["quality"] = Quality.QUESTIONABLE
+            self._report_unmapped(decoded.unmapped)
         return [canonical_reading(self._telemetry, self.device_id, values)]
+
+    def _report_unmapped(self, unmapped: Mapping[str, int]) -> None:
+        """Log each point's first unmapped enum code as a warning, later ones at debug."""
+        for name, code in unmapped.items():
+            first = name not in self._unmapped_reported
+            self._unmapped_reported.add(name)
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "device %s: %s code %d is not in the profile's enum map; reading it as unknown",
+                self.device_id,
+                name,
+                code,
+            )
 
     def check(self, command: CommandRequest) -> tuple[ControlPoint, list[int]]:
         """The control point and registers ``command`` would write; ``InvalidRequestError`` if

@@ -3,7 +3,8 @@
 A register image is the answer to a read plan: a mapping from each ``ReadRequest`` to the register
 values (0..65535) the device returned for it. Decoders raise ``ProtocolError`` on anything they
 cannot decode; a value the device reports as not implemented is ``MISSING`` (``None`` once it is a
-canonical field).
+canonical field). An enum code missing from its point's map reads as unknown and is reported, so
+the caller can flag the reading instead of losing the whole poll.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import cast
 from pymodbus.client.mixin import ModbusClientMixin
 
 from derim.adapters.modbus.profile import (
+    ENUM_FIELDS,
     INTEGER_RANGES,
     ControlPoint,
     Point,
@@ -180,18 +182,40 @@ def apply_scale(
     return value
 
 
-def decode_reading(profile: Profile, image: RegisterImage) -> dict[str, FieldValue]:
+@dataclass(frozen=True, slots=True)
+class DecodedReading:
+    """One poll's canonical field values, and the enum codes the profile does not map."""
+
+    fields: dict[str, FieldValue]
+    unmapped: dict[str, int]
+    """Point name -> raw code missing from the point's enum map (its field reads as unknown)."""
+
+
+def _unknown_value(field_name: str) -> str | None:
+    """What enum field ``field_name`` reads for an unmapped code: its enumeration's ``unknown``.
+
+    ``ConnectorStatus`` has no unknown member (OCPP defines none), so its field is left out (None)
+    rather than claiming a status such as ``unavailable`` the device never reported.
+    """
+    member = ENUM_FIELDS[field_name].__members__.get("UNKNOWN")
+    return None if member is None else member.value
+
+
+def decode_reading(profile: Profile, image: RegisterImage) -> DecodedReading:
     """Canonical field values of ``profile`` decoded from one poll's register ``image``.
 
     Scale factors come from the same image, never from an earlier poll. A value reported as not
-    implemented, or scaled by a factor that is, becomes None. Raises ``ProtocolError`` when the
-    image lacks a needed register or holds an undecodable value or an unmapped enum code.
+    implemented, or scaled by a factor that is, becomes None; an enum code missing from its map
+    reads as ``unknown`` (None for a connector status, which has no such member) and is listed in
+    ``unmapped``. Raises ``ProtocolError`` when the image lacks a needed register or holds an
+    undecodable value.
     """
     raw: dict[str, Raw | Missing] = {}
     for request, registers in image.items():
         raw = decode_block(request, registers, profile.points) | raw
     kinds = telemetry_fields()
     fields: dict[str, FieldValue] = {}
+    unmapped: dict[str, int] = {}
     for point in profile.points:
         if point.field is None:
             continue
@@ -199,9 +223,12 @@ def decode_reading(profile: Profile, image: RegisterImage) -> dict[str, FieldVal
         if value is MISSING:
             fields[point.field] = None
         elif point.enum is not None:
-            if value not in point.enum:
-                raise ProtocolError(f"{point.name}: code {value} is not in its enum map")
-            fields[point.field] = point.enum[cast(int, value)]
+            code = cast(int, value)
+            if code in point.enum:
+                fields[point.field] = point.enum[code]
+            else:
+                fields[point.field] = _unknown_value(point.field)
+                unmapped[point.name] = code
         elif isinstance(value, str) or kinds[point.field] is int:
             fields[point.field] = value
         else:
@@ -210,7 +237,7 @@ def decode_reading(profile: Profile, image: RegisterImage) -> dict[str, FieldVal
                 value, point.scale, cast(int | Missing | None, factor), point.offset
             )
             fields[point.field] = None if scaled is MISSING else scaled
-    return fields
+    return DecodedReading(fields, unmapped)
 
 
 def _lookup(raw: Mapping[str, Raw | Missing], name: str) -> Raw | Missing:

@@ -2,17 +2,20 @@
 errors here.
 
 One ``ModbusTransport`` serves every unit id behind one TCP endpoint (a gateway) or one serial
-line, one request at a time: RTU is half-duplex and many gateways do not pipeline transactions.
-The transport manages its own connection: one unit timing out or refusing does not close it for
-the others; only ``FAILURES_BEFORE_RECONNECT`` transport failures in a row (a connection that
-looks open but is dead) make it reconnect.
+line, one request at a time, callers served in arrival order: RTU is half-duplex and many gateways
+do not pipeline transactions. A caller that stops waiting before its turn (a poll that timed out
+in the queue) leaves unsent, so an overloaded line sheds work instead of piling it up. The
+transport manages its own connection: one unit timing out or refusing does not close it for the
+others; ``FAILURES_BEFORE_RECONNECT`` transport failures in a row (a connection that looks open but
+is dead), or a request cut off mid-way, close it, and the next request opens a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -42,7 +45,9 @@ class ModbusTransport:
         self.key = key
         """The endpoint, such as ``tcp://10.0.0.5:502`` or ``rtu:///dev/ttyUSB0``."""
         self._client = client
-        self._lock = asyncio.Lock()
+        self._busy = False
+        """Whether a request holds the line (a caller owns it or is being handed it)."""
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._connect_lock = asyncio.Lock()
         self._failures = 0
 
@@ -138,20 +143,45 @@ class ModbusTransport:
             raise _rejected(response.exception_code, f"write {address}")
 
     async def _exclusive(self, request: Callable[[], Awaitable[T]]) -> T:
-        """Run one request alone on the connection, shielded from the caller's cancellation.
+        """Run one request alone on the connection, after the callers that came before.
 
-        A poll that times out while waiting must not cut a transaction in half (the late answer
-        would then meet the next request): the request finishes, bounded by the client's own
-        timeout, and releases the connection; only its caller stops waiting.
+        A request cut off mid-way (its caller cancelled) closes the connection, so that its late
+        answer cannot meet the next request; the next request reconnects.
         """
+        if self._busy:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._hand_over()  # handed the line just as the caller gave up
+                raise
+        task = asyncio.current_task()
+        requested = 0 if task is None else task.cancelling()
+        self._busy = True
+        try:
+            if not self.connected:
+                await self.connect()
+            result = await request()
+        except asyncio.CancelledError:
+            self.close()
+            raise
+        finally:
+            self._hand_over()
+        if task is not None and task.cancelling() > requested:
+            # Python 3.11's wait_for (inside pymodbus) drops a cancellation that meets an answer.
+            raise asyncio.CancelledError
+        return result
 
-        async def alone() -> T:
-            async with self._lock:
-                return await request()
-
-        task = asyncio.ensure_future(alone())
-        task.add_done_callback(_consume)
-        return await asyncio.shield(task)
+    def _hand_over(self) -> None:
+        """Give the line to the first caller still waiting, or free it."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._busy = False
 
     def _failed(self, exc: BaseException) -> TransportError:
         """Count a transport failure; reopen the connection after too many in a row."""
@@ -160,12 +190,6 @@ class ModbusTransport:
             self._failures = 0
             self.close()
         return TransportError(f"modbus {self.key}: {exc}")
-
-
-def _consume(task: asyncio.Task[Any]) -> None:
-    """Retrieve the outcome of a request whose caller stopped waiting (no unretrieved errors)."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _rejected(code: int, what: str) -> DeviceRejected:

@@ -15,8 +15,7 @@ from derim.adapters.modbus.codec import ReadRequest
 from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec import controls
 from derim.adapters.sunspec.decode import (
-    CANONICAL_SOURCES,
-    STATE_SOURCES,
+    POLLED_POINTS,
     DecodedBlock,
     decode_model,
     to_canonical,
@@ -36,11 +35,6 @@ from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
 
 MAX_READ = 125
 """Registers per Modbus read (the protocol's limit for function 3)."""
-POLLED_MODELS = frozenset(
-    {m for sources in CANONICAL_SOURCES.values() for s in sources for m in s.models}
-    | {model_id for model_id, _ in STATE_SOURCES}
-)
-"""Models whose points feed canonical telemetry; the others are discovered but not polled."""
 
 
 class SunSpecAdapter(PollingAdapter):
@@ -63,9 +57,11 @@ class SunSpecAdapter(PollingAdapter):
         if device_type not in (DeviceType.SOLAR_PV, DeviceType.BATTERY):
             raise InvalidRequestError("device_type", "a SunSpec device is solar_pv or battery")
         self.transport = transport
+        self.line = transport.key
         self.unit_id = unit_id
         self.models: list[ModelEntry] = []
         self._telemetry = TELEMETRY_BY_DEVICE_TYPE[device_type]
+        self._fields = frozenset(self._telemetry.model_fields)
 
     async def connect(self) -> None:
         """Connect and (re)discover the model map: a restarted device may have a new one."""
@@ -85,7 +81,7 @@ class SunSpecAdapter(PollingAdapter):
         walker = ChainWalker(base)
         while walker.next_address is not None:
             walker.feed(await self._read(walker.next_address, HEADER_SIZE))
-        if not any(entry.model_id in POLLED_MODELS for entry in walker.models):
+        if not any(entry.model_id in POLLED_POINTS for entry in walker.models):
             found = [entry.model_id for entry in walker.models]
             raise ProtocolError(f"no SunSpec model DERIM maps among {found}")
         return walker.models
@@ -117,19 +113,18 @@ class SunSpecAdapter(PollingAdapter):
         decoded: dict[int, DecodedBlock] = {}
         failures: list[AdapterError] = []
         for entry in self.models:
-            if entry.model_id not in POLLED_MODELS or entry.model_id in decoded:
+            points = POLLED_POINTS.get(entry.model_id)
+            if points is None or entry.model_id in decoded:
                 continue
             try:
                 registers = await self._read(entry.address, HEADER_SIZE + entry.length)
-                decoded[entry.model_id] = decode_model(entry.model_id, registers)
+                decoded[entry.model_id] = decode_model(entry.model_id, registers, points)
             except (DeviceRejected, ProtocolError) as exc:
                 failures.append(exc)
         if failures and not decoded:
             raise failures[0]
         values: dict[str, object] = {
-            name: value
-            for name, value in to_canonical(decoded).items()
-            if name in self._telemetry.model_fields
+            name: value for name, value in to_canonical(decoded).items() if name in self._fields
         }
         if failures:
             values["quality"] = Quality.QUESTIONABLE

@@ -14,6 +14,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import TypeAlias
 
 from derim.adapters.modbus.codec import MISSING, Missing
@@ -29,62 +30,131 @@ Scope = tuple[Mapping[str, "int | float | str | Missing"], ...]
 SCALE_FACTOR_LIMIT = 10
 """Largest exponent (either sign) a SunSpec scale factor (``sunssf``) may hold."""
 
-_SIGNED = frozenset({"int16", "int32", "int64", "sunssf"})
-_UNIMPLEMENTED_ZERO = frozenset({"acc16", "acc32", "acc64", "ipaddr", "ipv6addr"})
-_UNIMPLEMENTED_ONES = frozenset(
-    {"uint16", "uint32", "uint64", "count", "enum16", "enum32"}
-    | {"bitfield16", "bitfield32", "bitfield64"}
-)
-_FLOATS = {"float32": ">f", "float64": ">d"}
+_STRUCT_CODES = {
+    "int16": "h", "sunssf": "h", "uint16": "H", "count": "H", "acc16": "H", "enum16": "H",
+    "bitfield16": "H", "raw16": "H", "pad": "2x", "int32": "i", "uint32": "I", "acc32": "I",
+    "enum32": "I", "bitfield32": "I", "ipaddr": "I", "float32": "f", "int64": "q",
+    "uint64": "Q", "acc64": "Q", "bitfield64": "Q", "float64": "d", "eui48": "8s",
+    "ipv6addr": "16s",
+}  # fmt: skip
+"""``struct`` code of each point type (big-endian); a string of n registers is ``{2n}s``."""
+_NOT_IMPLEMENTED: dict[str, int | bytes] = {
+    "int16": -(1 << 15), "sunssf": -(1 << 15), "int32": -(1 << 31), "int64": -(1 << 63),
+    "uint16": 0xFFFF, "count": 0xFFFF, "enum16": 0xFFFF, "bitfield16": 0xFFFF,
+    "uint32": 0xFFFFFFFF, "enum32": 0xFFFFFFFF, "bitfield32": 0xFFFFFFFF,
+    "uint64": (1 << 64) - 1, "bitfield64": (1 << 64) - 1,
+    "acc16": 0, "acc32": 0, "acc64": 0, "ipaddr": 0, "ipv6addr": bytes(16),
+}  # fmt: skip
+"""The "not implemented" value of each point type, as ``struct`` unpacks it."""
+_UNSCALABLE = (str, Missing)
+_NUMBERS = (int, float)
 
 
-def decode_model(model_id: int, registers: Sequence[int]) -> DecodedBlock:
+def decode_model(
+    model_id: int, registers: Sequence[int], points: frozenset[str] | None = None
+) -> DecodedBlock:
     """Point values of model ``model_id`` from its ``registers`` (``ID``, ``L`` and ``L`` more).
 
-    Scale factors come from the same registers, never from an earlier read. Raises
-    ``ProtocolError`` for an unknown model, a register outside 0..65535, a header that does not
-    match, a block too short for the model, a scale factor outside +-10, a missing or impossible
-    repeat count, an infinite float or a string that is not UTF-8.
+    With ``points``, only those points (at any group level) are decoded, with the scale factors
+    and repeat counts they need; the block is still checked whole. Scale factors come from the
+    same registers, never from an earlier read. Raises ``ProtocolError`` for an unknown model, a
+    register outside 0..65535, a header that does not match, a block too short for the model, a
+    scale factor outside +-10, a missing or impossible repeat count, an infinite float or a
+    string that is not UTF-8.
     """
     definition = model_definition(model_id)
     regs = list(registers)
-    if not all(isinstance(r, int) and 0 <= r <= 0xFFFF for r in regs):
-        raise ProtocolError(f"model {model_id}: register value outside 0..65535")
+    try:
+        block = struct.pack(f">{len(regs)}H", *regs)
+    except struct.error as exc:
+        raise ProtocolError(f"model {model_id}: register value outside 0..65535") from exc
     if len(regs) < HEADER_SIZE or regs[0] != model_id:
         raise ProtocolError(f"model {model_id}: block does not start with its id: {regs[:2]}")
     if regs[1] + HEADER_SIZE != len(regs):
         raise ProtocolError(f"model {model_id}: L is {regs[1]} but {len(regs)} registers given")
     if regs[1] < definition.min_length:
         raise ProtocolError(f"model {model_id}: L {regs[1]} is below {definition.min_length}")
-    values, _ = _decode_group(definition.group, regs, struct.pack(f">{len(regs)}H", *regs), 0, ())
+    values, _ = _decode_group(definition.group, regs, block, 0, (), points)
     return values
 
 
+_LAYOUTS: dict[int, struct.Struct] = {}
+"""Unpacker of each group's points, by group identity (definitions live as long as the process)."""
+_SELECTIONS: dict[tuple[int, frozenset[str] | None], tuple[tuple[PointDef, int], ...]] = {}
+"""Points decoded, with their place in the unpacked tuple, by group identity and request."""
+
+
+def _layout(group: GroupDef) -> struct.Struct:
+    """Unpacks one instance of ``group``'s own points (pads skipped) in one call."""
+    layout = _LAYOUTS.get(id(group))
+    if layout is None:
+        codes = [
+            f"{2 * point.size}s" if point.type == "string" else _STRUCT_CODES[point.type]
+            for point in group.points
+        ]
+        layout = _LAYOUTS[id(group)] = struct.Struct(">" + "".join(codes))
+    return layout
+
+
+def _selected(group: GroupDef, wanted: frozenset[str] | None) -> tuple[tuple[PointDef, int], ...]:
+    """The points of ``group`` to decode, each with its index in ``_layout(group)``'s tuple: all
+    but pads, or the ``wanted`` ones with the scale factors and repeat counts that they and
+    ``group``'s sub-groups need."""
+    key = (id(group), wanted)
+    selection = _SELECTIONS.get(key)
+    if selection is None:
+        needed = None if wanted is None else wanted | _needs(group, wanted)
+        present = [point for point in group.points if point.type != "pad"]
+        selection = tuple(
+            (point, index)
+            for index, point in enumerate(present)
+            if needed is None or point.name in needed
+        )
+        _SELECTIONS[key] = selection
+    return selection
+
+
+def _needs(group: GroupDef, wanted: frozenset[str]) -> frozenset[str]:
+    """Scale factors of the ``wanted`` points of ``group`` and its sub-groups (at any depth), and
+    the count points its sub-groups repeat by."""
+    names = {p.sf for p in group.points if p.name in wanted and isinstance(p.sf, str)}
+    for sub in group.groups:
+        if isinstance(sub.count, str):
+            names.add(sub.count)
+        names |= _needs(sub, wanted)
+    return frozenset(names)
+
+
 def _decode_group(
-    group: GroupDef, regs: Sequence[int], block: bytes, start: int, enclosing: Scope
+    group: GroupDef,
+    regs: Sequence[int],
+    block: bytes,
+    start: int,
+    enclosing: Scope,
+    wanted: frozenset[str] | None,
 ) -> tuple[DecodedBlock, int]:
     """One instance of ``group`` starting at ``regs[start]``, and the index just past it.
 
-    ``block`` is ``regs`` as big-endian bytes, so each point is a slice, not a conversion.
+    ``block`` is ``regs`` as big-endian bytes, unpacked a whole group instance at a time.
     """
     end = start + group.points_size
     if end > len(regs):
         raise ProtocolError(f"group {group.name} at {start} runs past the block ({len(regs)})")
-    points = [point for point in group.points if point.type != "pad"]
-    raw = {
-        p.name: _raw(p, block[2 * (start + p.offset) : 2 * (start + p.offset + p.size)])
-        for p in points
-    }
+    unpacked = _layout(group).unpack_from(block, 2 * start)
+    points = _selected(group, wanted)
+    raw = {point.name: _raw(point, unpacked[index]) for point, index in points}
     scope: Scope = (raw, *enclosing)
-    values: DecodedBlock = {point.name: _scaled(point, raw[point.name], scope) for point in points}
+    values: DecodedBlock = {
+        point.name: _scaled(point, raw[point.name], scope) for point, _ in points
+    }
     position = end
     for sub in group.groups:
         if not sub.repeating:
-            values[sub.name], position = _decode_group(sub, regs, block, position, scope)
+            values[sub.name], position = _decode_group(sub, regs, block, position, scope, wanted)
             continue
         instances: list[DecodedBlock] = []
         for _ in range(_repeat_count(sub, len(regs) - position, scope)):
-            instance, position = _decode_group(sub, regs, block, position, scope)
+            instance, position = _decode_group(sub, regs, block, position, scope, wanted)
             instances.append(instance)
         values[sub.name] = instances
     return values, position
@@ -115,49 +185,40 @@ def _lookup(scope: Scope, name: str) -> int | float | str | Missing:
     raise ProtocolError(f"no point {name!r} in scope")
 
 
-def _raw(point: PointDef, data: bytes) -> int | float | str | Missing:
-    """The unscaled value of ``point`` held in ``data`` (its registers, big-endian), or
-    ``MISSING`` for its sentinel."""
-    unsigned = int.from_bytes(data, "big")
-    bits = 16 * point.size
-    if point.type == "string":
-        if data[0] == 0:
-            return MISSING
-        try:
-            return data.split(b"\0", 1)[0].decode("utf-8").rstrip(" ")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"{point.name}: string is not UTF-8: {exc}") from exc
-    if point.type in _FLOATS:
-        number = float(struct.unpack(_FLOATS[point.type], data)[0])
-        if math.isnan(number):
-            return MISSING
-        if math.isinf(number):
-            raise ProtocolError(f"{point.name}: {number} is not a finite number")
-        return number
-    if point.type in _UNIMPLEMENTED_ZERO and unsigned == 0:
+def _raw(point: PointDef, unpacked: int | float | bytes) -> int | float | str | Missing:
+    """The unscaled value of ``point`` from what ``struct`` unpacked for it, or ``MISSING`` for
+    its "not implemented" value."""
+    kind = point.type
+    if _NOT_IMPLEMENTED.get(kind) == unpacked:
         return MISSING
-    if point.type in _UNIMPLEMENTED_ONES and unsigned == (1 << bits) - 1:
-        return MISSING
-    if point.type == "eui48":
-        address = data[2:]  # the first two bytes are padding
+    if isinstance(unpacked, int):
+        if kind == "sunssf" and abs(unpacked) > SCALE_FACTOR_LIMIT:
+            raise ProtocolError(
+                f"{point.name}: scale factor {unpacked} is outside +-{SCALE_FACTOR_LIMIT}"
+            )
+        return str(ipaddress.IPv4Address(unpacked)) if kind == "ipaddr" else unpacked
+    if isinstance(unpacked, float):
+        if math.isnan(unpacked):
+            return MISSING
+        if math.isinf(unpacked):
+            raise ProtocolError(f"{point.name}: {unpacked} is not a finite number")
+        return unpacked
+    if kind == "eui48":
+        address = unpacked[2:]  # the first two bytes are padding
         return MISSING if address == b"\xff" * 6 else ":".join(f"{b:02X}" for b in address)
-    if point.type == "ipaddr":
-        return str(ipaddress.IPv4Address(unsigned))
-    if point.type == "ipv6addr":
-        return str(ipaddress.IPv6Address(unsigned))
-    if point.type not in _SIGNED:
-        return unsigned
-    if unsigned == 1 << (bits - 1):
+    if kind == "ipv6addr":
+        return str(ipaddress.IPv6Address(unpacked))
+    if unpacked[0] == 0:
         return MISSING
-    value = unsigned - (1 << bits) if unsigned >> (bits - 1) else unsigned
-    if point.type == "sunssf" and abs(value) > SCALE_FACTOR_LIMIT:
-        raise ProtocolError(f"{point.name}: scale factor {value} is outside +-{SCALE_FACTOR_LIMIT}")
-    return value
+    try:
+        return unpacked.split(b"\0", 1)[0].decode("utf-8").rstrip(" ")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{point.name}: string is not UTF-8: {exc}") from exc
 
 
 def _scaled(point: PointDef, raw: int | float | str | Missing, scope: Scope) -> DecodedValue:
     """``raw * 10**sf`` (float) for a scaled point, else ``raw``; ``MISSING`` if either is."""
-    if point.sf is None or isinstance(raw, str | Missing):
+    if point.sf is None or isinstance(raw, _UNSCALABLE):
         return raw
     exponent = point.sf if isinstance(point.sf, int) else _lookup(scope, point.sf)
     if isinstance(exponent, Missing):
@@ -270,16 +331,48 @@ DEVICE_INFO_POINTS: dict[str, str] = {
 """Device registry field -> point of the common model (1)."""
 
 
+POLLED_POINTS: dict[int, frozenset[str]] = {
+    model_id: frozenset(
+        {p for sources in CANONICAL_SOURCES.values() for s in sources if model_id in s.models
+         for p in s.points}
+        | {point for state_model, point in STATE_SOURCES if state_model == model_id}
+    )
+    for model_id in {m for sources in CANONICAL_SOURCES.values() for s in sources for m in s.models}
+    | {model_id for model_id, _ in STATE_SOURCES}
+}  # fmt: skip
+"""Models whose points feed canonical telemetry, and those points (scale factors aside)."""
+
+FieldPlan = tuple[tuple[str, tuple[tuple[int, Source], ...]], ...]
+StatePlan = tuple[tuple[int, str, Mapping[int, str]], ...]
+
+
 def to_canonical(decoded_models: Mapping[int, DecodedBlock]) -> dict[str, float | str | None]:
     """Canonical telemetry fields (kW, kvar, V, A, Hz, kWh, %) from decoded models by model id.
 
     Every field of ``CANONICAL_SOURCES`` and ``state`` is present; None means no source has a value.
     """
+    field_plan, state_plan = _plan(frozenset(decoded_models))
     fields: dict[str, float | str | None] = {
-        name: _first_value(sources, decoded_models) for name, sources in CANONICAL_SOURCES.items()
+        name: _first_value(sources, decoded_models) for name, sources in field_plan
     }
-    fields["state"] = _state(decoded_models)
+    fields["state"] = _state(state_plan, decoded_models)
     return fields
+
+
+@cache
+def _plan(model_ids: frozenset[int]) -> tuple[FieldPlan, StatePlan]:
+    """``CANONICAL_SOURCES`` and ``STATE_SOURCES`` narrowed to the models in ``model_ids``, in
+    order of preference, with each state point's enum symbols."""
+    fields = tuple(
+        (name, tuple((m, source) for source in sources for m in source.models if m in model_ids))
+        for name, sources in CANONICAL_SOURCES.items()
+    )
+    states = tuple(
+        (m, point, model_definition(m).group.point(point).symbols)
+        for m, point in STATE_SOURCES
+        if m in model_ids
+    )
+    return fields, states
 
 
 def device_info(decoded_models: Mapping[int, DecodedBlock]) -> dict[str, str | None]:
@@ -292,38 +385,32 @@ def device_info(decoded_models: Mapping[int, DecodedBlock]) -> dict[str, str | N
     return info
 
 
-def _number(value: DecodedValue | None) -> float | None:
-    """``value`` as a float when it is a number, else None."""
-    return float(value) if isinstance(value, int | float) else None
-
-
 def _first_value(
-    sources: Sequence[Source], decoded_models: Mapping[int, DecodedBlock]
+    sources: Sequence[tuple[int, Source]], decoded_models: Mapping[int, DecodedBlock]
 ) -> float | None:
-    """The value of the first source, and the first of its models, that has one."""
-    for source in sources:
-        for model_id in source.models:
-            block = decoded_models.get(model_id)
-            if block is None:
-                continue
-            if source.group is None:
-                numbers = [_number(block.get(point)) for point in source.points]
-            else:
-                instances = block.get(source.group)
-                rows = instances if isinstance(instances, list) else []
-                numbers = [_number(row.get(point)) for row in rows for point in source.points]
-            present = [abs(n) if source.magnitude else n for n in numbers if n is not None]
-            if present:
-                total = sum(present) if source.group else sum(present) / len(present)
-                return total / source.per
+    """The value of the first (model, source) pair that has one."""
+    for model_id, source in sources:
+        block = decoded_models[model_id]
+        if source.group is None:
+            values = [block.get(point) for point in source.points]
+        else:
+            instances = block.get(source.group)
+            rows = instances if isinstance(instances, list) else []
+            values = [row.get(point) for row in rows for point in source.points]
+        total, count = 0.0, 0
+        for value in values:
+            if isinstance(value, _NUMBERS):
+                total += abs(value) if source.magnitude else value
+                count += 1
+        if count:
+            return (total if source.group else total / count) / source.per
     return None
 
 
-def _state(decoded_models: Mapping[int, DecodedBlock]) -> OperatingState | None:
+def _state(plan: StatePlan, decoded_models: Mapping[int, DecodedBlock]) -> OperatingState | None:
     """The operating state from the first state source that holds an implemented code."""
-    for model_id, point in STATE_SOURCES:
-        code = decoded_models.get(model_id, {}).get(point)
+    for model_id, point, symbols in plan:
+        code = decoded_models[model_id].get(point)
         if isinstance(code, int):
-            symbol = model_definition(model_id).group.point(point).symbols.get(code)
-            return STATE_BY_SYMBOL.get(symbol or "", OperatingState.UNKNOWN)
+            return STATE_BY_SYMBOL.get(symbols.get(code) or "", OperatingState.UNKNOWN)
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 from types import MappingProxyType
@@ -79,11 +79,11 @@ class GroupDef:
     points: tuple[PointDef, ...]
     groups: tuple[GroupDef, ...] = ()
     count: int | str | None = None
+    points_size: int = field(init=False)
+    """Registers taken by the group's own points (sub-groups excluded)."""
 
-    @property
-    def points_size(self) -> int:
-        """Registers taken by the group's own points (sub-groups excluded)."""
-        return sum(point.size for point in self.points)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "points_size", sum(point.size for point in self.points))
 
     @property
     def repeating(self) -> bool:
