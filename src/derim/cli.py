@@ -117,7 +117,8 @@ async def _serve_demo(settings: Settings, host: str, port: int) -> None:
         url = f"http://{host}:{port}"
         click.echo(f"DERIM demo: {len(history)} readings loaded. API {url}  docs {url}/docs")
         click.echo(
-            f"SunSpec simulator on 127.0.0.1:{simulator.port} (units 1-2), polled every second"
+            f"Simulated site on 127.0.0.1:{simulator.port} (SunSpec PV and battery on units 1-2,"
+            " Modbus meter on unit 3), polled every second"
         )
         click.echo(f"Try: curl '{url}/api/v1/telemetry/pv-roof-1/latest'")
         rng, soc = random.Random(7), [50.0]

@@ -24,23 +24,25 @@ from derim.models.telemetry import (
 SITE = Location(latitude=52.52, longitude=13.40, address="Demo site, Berlin")
 
 
-POLLED_DEVICES = ("pv-roof-1", "battery-1")
-"""Sample devices that ``sample_fleet(sunspec_port)`` makes SunSpec devices on the simulator."""
+POLLED_DEVICES = ("pv-roof-1", "battery-1", "meter-site")
+"""Sample devices that ``sample_fleet(sunspec_port)`` polls on the simulator's gateway."""
 
 
 def sample_fleet(sunspec_port: int | None = None) -> list[DERDevice]:
     """Two PV inverters, a battery, a site meter, a household load and an EV charger.
 
-    With ``sunspec_port``, ``pv-roof-1`` (unit 1) and ``battery-1`` (unit 2) are SunSpec devices
-    polled over Modbus TCP at 127.0.0.1:``sunspec_port`` (see ``derim.sim.sunspec_fleet``).
+    With ``sunspec_port``, the ``POLLED_DEVICES`` are polled over Modbus TCP on the simulator's
+    gateway at 127.0.0.1:``sunspec_port`` (see ``derim.sim.sunspec_fleet``): ``pv-roof-1``
+    (unit 1) and ``battery-1`` (unit 2) as SunSpec devices, ``meter-site`` (unit 3) as a Modbus
+    device with the ``generic_meter`` profile.
     """
     sim = SimulatedConnection(protocol="simulated")
 
-    def sunspec(unit_id: int) -> object:
+    def gateway(unit_id: int, protocol: str = "sunspec", **extra: object) -> object:
         if sunspec_port is None:
             return sim
-        return {"protocol": "sunspec", "host": "127.0.0.1", "port": sunspec_port,
-                "unit_id": unit_id}  # fmt: skip
+        return {"protocol": protocol, "host": "127.0.0.1", "port": sunspec_port,
+                "unit_id": unit_id, **extra}  # fmt: skip
 
     def device(device_id: str, name: str, kind: DeviceType, **extra: object) -> DERDevice:
         return DERDevice.model_validate(
@@ -61,7 +63,7 @@ def sample_fleet(sunspec_port: int | None = None) -> list[DERDevice]:
             "Rooftop PV east",
             DeviceType.SOLAR_PV,
             rated_power_kw=8.0,
-            connection=sunspec(1),
+            connection=gateway(1),
         ),
         device("pv-roof-2", "Rooftop PV west", DeviceType.SOLAR_PV, rated_power_kw=6.0),
         device(
@@ -70,9 +72,14 @@ def sample_fleet(sunspec_port: int | None = None) -> list[DERDevice]:
             DeviceType.BATTERY,
             rated_power_kw=5.0,
             rated_energy_kwh=13.5,
-            connection=sunspec(2),
+            connection=gateway(2),
         ),
-        device("meter-site", "Site meter (PCC)", DeviceType.METER),
+        device(
+            "meter-site",
+            "Site meter (PCC)",
+            DeviceType.METER,
+            connection=gateway(3, "modbus", profile="generic_meter"),
+        ),
         device("load-house", "Household load", DeviceType.LOAD, rated_power_kw=12.0),
         device("evse-1", "Wallbox", DeviceType.EV_CHARGER, rated_power_kw=11.0),
     ]

@@ -26,10 +26,12 @@ class LinePoller:
     def __init__(self, key: str, publish: Publish) -> None:
         self.key = key
         self._publish = publish
-        self._members: set[PollingAdapter] = set()
+        self._members: dict[PollingAdapter, int] = {}
+        """Devices polled, each with the ticket of its one live entry in ``_due``."""
         self._due: list[tuple[float, int, PollingAdapter]] = []
-        self._order = itertools.count()
-        """Tie-breaker: devices due at the same time are polled in the order they were queued."""
+        """(due loop time, ticket, device); entries whose ticket is not the device's are stale."""
+        self._tickets = itertools.count()
+        """Also the tie-breaker: devices due at once are polled in the order they were queued."""
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -40,21 +42,30 @@ class LinePoller:
 
     def add(self, adapter: PollingAdapter) -> None:
         """Start polling ``adapter`` now, then on its own schedule."""
-        self._members.add(adapter)
-        loop = asyncio.get_running_loop()
-        heapq.heappush(self._due, (loop.time(), next(self._order), adapter))
+        self._queue(adapter, asyncio.get_running_loop().time())
         self._changed.set()
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name=f"derim-line {self.key}")
 
     async def remove(self, adapter: PollingAdapter) -> None:
         """Stop polling ``adapter``; a poll of it in progress finishes but publishes nothing."""
-        self._members.discard(adapter)
-        if not self._members and self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._members.pop(adapter, None)
+        task = self._task
+        if self._members or task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if self._task is task:
             self._task = None
+        if self._members and self._task is None:  # a device joined while the task wound down
+            self._task = asyncio.create_task(self._run(), name=f"derim-line {self.key}")
+
+    def _queue(self, adapter: PollingAdapter, due: float) -> None:
+        """Make ``(due, adapter)`` the device's one live entry."""
+        ticket = next(self._tickets)
+        self._members[adapter] = ticket
+        heapq.heappush(self._due, (due, ticket, adapter))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -63,8 +74,8 @@ class LinePoller:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
-            due, _, adapter = self._due[0]
-            if adapter not in self._members:
+            due, ticket, adapter = self._due[0]
+            if self._members.get(adapter) != ticket:
                 heapq.heappop(self._due)
                 continue
             wait = due - loop.time()
@@ -76,8 +87,8 @@ class LinePoller:
                 continue
             heapq.heappop(self._due)
             next_due = await self._poll(adapter)
-            if adapter in self._members:
-                heapq.heappush(self._due, (next_due, next(self._order), adapter))
+            if self._members.get(adapter) == ticket:
+                self._queue(adapter, next_due)
 
     async def _poll(self, adapter: PollingAdapter) -> float:
         """One poll of ``adapter``; a bug in it is logged and the device retried after the

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from derim.errors import InvalidRequestError
 from derim.models.common import DeviceId, UtcDatetime
 
 
@@ -19,6 +20,9 @@ class CommandType(StrEnum):
     CLEAR_POWER_LIMIT = "clear_power_limit"
     SET_ACTIVE_POWER = "set_active_power"
     SET_REACTIVE_POWER = "set_reactive_power"
+    SET_POWER_FACTOR = "set_power_factor"
+    BATTERY_CHARGE = "battery_charge"
+    BATTERY_DISCHARGE = "battery_discharge"
     START_CHARGING = "start_charging"
     STOP_CHARGING = "stop_charging"
     CONNECT = "connect"
@@ -62,6 +66,18 @@ class CommandRequest(BaseModel):
     priority: int = Field(0, ge=0, le=100, description="Higher wins when sources conflict.")
     expires_at: UtcDatetime | None = Field(None, description="After this instant, not sent.")
     dry_run: bool = Field(False, description="Validate only; do not send.")
+
+    def normalized(self) -> CommandRequest:
+        """``battery_charge`` / ``battery_discharge`` (a rate >= 0) as the ``set_active_power``
+        they mean (discharge positive, charge negative); any other command unchanged."""
+        if self.command not in (CommandType.BATTERY_CHARGE, CommandType.BATTERY_DISCHARGE):
+            return self
+        if self.value is None or self.value < 0:
+            raise InvalidRequestError("value", f"{self.command.value} takes a rate >= 0")
+        sign = 1 if self.command is CommandType.BATTERY_DISCHARGE else -1
+        return self.model_copy(
+            update={"command": CommandType.SET_ACTIVE_POWER, "value": sign * self.value}
+        )
 
 
 class CommandResult(BaseModel):

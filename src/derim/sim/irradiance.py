@@ -100,6 +100,11 @@ class PvYear:
         """The TMY station, e.g. ``GREENSBORO PIEDMONT TRIAD INT, NC``."""
         return self._tmy.name
 
+    @property
+    def tz(self) -> timezone:
+        """The station's standard time (no daylight saving), which ``fraction_at`` works in."""
+        return self._tmy.tz
+
     def fraction_at(self, moment: datetime) -> float:
         """AC output / nameplate (0 to 1) at an aware ``moment``, on its TMY month, day and time.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Sequence
 
 from pymodbus.constants import ExcCodes
@@ -73,7 +72,7 @@ class SimServer:
                 simdata=[
                     SimData(address=0, count=unit.size, values=0, datatype=DataType.REGISTERS)
                 ],
-                action=functools.partial(SimUnit.handle, unit),
+                action=unit.handle,
             )
             for unit in self.units.values()
         ]

@@ -131,43 +131,43 @@ class SunSpecAdapter(PollingAdapter):
         return [canonical_reading(self._telemetry, self.device_id, values)]
 
     def validate(self, command: CommandRequest) -> None:
-        """Check a command against model 123's presence and 0-100 % of rating."""
-        controls.limit_percent(command, self.rated_power_kw)
-        self._controls_entry()
+        """Check that the device has a control model for ``command`` and that its value fits."""
+        model_id = controls.choose_model(command, {entry.model_id for entry in self.models})
+        controls.check(command, model_id, self.rated_power_kw)
 
     async def send(self, command: CommandRequest) -> CommandResult:
-        """Write model 123 points, then read the model back to confirm.
+        """Write the command's control points, then read the model back to confirm.
 
-        The limit is scaled by the device's own ``WMaxLimPct_SF``, read just before writing.
+        Values are scaled by the device's own scale factors, read just before writing; the
+        result is acknowledged only when every point reads back as written.
         """
-        percent = controls.limit_percent(command, self.rated_power_kw)
-        entry = self._controls_entry()
-        block = await self._read(entry.address, HEADER_SIZE + entry.length)
-        current = decode_model(controls.CONTROLS_MODEL, block)
-        written = controls.control_writes(command, percent, current)
-        for name, raw in written.items():
-            address = entry.address + controls.point_offset(name)
-            await self.transport.write(address, [raw & 0xFFFF], self.unit_id)
-        after = decode_model(
-            controls.CONTROLS_MODEL, await self._read(entry.address, HEADER_SIZE + entry.length)
-        )
-        sf = current.get("WMaxLimPct_SF")
+        self.validate(command)
+        entry = self._entry(controls.choose_model(command, {e.model_id for e in self.models}))
+        size = HEADER_SIZE + entry.length
+        current = decode_model(entry.model_id, await self._read(entry.address, size))
+        written = controls.targets(command, entry.model_id, current, self.rated_power_kw)
+        for path, value in written.items():
+            registers = controls.encode(entry.model_id, path, value, current)
+            address = entry.address + controls.locate(entry.model_id, path).offset
+            await self.transport.write(address, registers, self.unit_id)
+        after = decode_model(entry.model_id, await self._read(entry.address, size))
+        wrong = controls.read_back_matches(entry.model_id, written, after)
         result = CommandResult(device_id=self.device_id, request=command)
-        if controls.read_back_matches(written, after, sf if isinstance(sf, int) else 0):
-            result.status = CommandStatus.ACKNOWLEDGED
-            result.message = f"model 123 {', '.join(written)} set and read back"
-        else:
+        shown = ", ".join(f"{path}={value:g}" for path, value in written.items())
+        if wrong:
             result.status = CommandStatus.FAILED
-            shown = {name: after.get(name) for name in written}
-            result.message = f"model 123 wrote {written}, device reads back {shown}"
+            result.message = f"model {entry.model_id} wrote {shown}; device reads back {wrong}"
+        else:
+            result.status = CommandStatus.ACKNOWLEDGED
+            result.message = f"model {entry.model_id} {shown} set and read back"
         result.history.append((result.status, datetime.now(UTC)))
         return result
 
-    def _controls_entry(self) -> ModelEntry:
+    def _entry(self, model_id: int) -> ModelEntry:
         for entry in self.models:
-            if entry.model_id == controls.CONTROLS_MODEL:
+            if entry.model_id == model_id:
                 return entry
-        raise InvalidRequestError("command", "the device has no SunSpec model 123 (controls)")
+        raise InvalidRequestError("command", f"the device has no SunSpec model {model_id}")
 
     async def release(self) -> None:
         """Nothing to undo: this adapter sends no controls."""

@@ -78,10 +78,29 @@ def decode_model(
     return values
 
 
+_PLAIN = frozenset(
+    {"int16", "uint16", "count", "acc16", "enum16", "bitfield16", "raw16", "int32", "uint32"}
+    | {"acc32", "enum32", "bitfield32", "int64", "uint64", "acc64", "bitfield64"}
+)
+"""Integer types whose unpacked value is the point's value (unless "not implemented")."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Selection:
+    """The points of one group to decode, each with its index in the unpacked tuple."""
+
+    plain: tuple[tuple[str, int, int | bytes | None], ...]
+    """Plain integers: name, index and "not implemented" value."""
+    converted: tuple[tuple[PointDef, int], ...]
+    """Points ``_raw`` converts (scale factors, floats, strings, addresses)."""
+    scaled: tuple[PointDef, ...]
+    """Points with a scale factor."""
+
+
 _LAYOUTS: dict[int, struct.Struct] = {}
 """Unpacker of each group's points, by group identity (definitions live as long as the process)."""
-_SELECTIONS: dict[tuple[int, frozenset[str] | None], tuple[tuple[PointDef, int], ...]] = {}
-"""Points decoded, with their place in the unpacked tuple, by group identity and request."""
+_SELECTIONS: dict[tuple[int, frozenset[str] | None], _Selection] = {}
+"""Points decoded by group identity and request."""
 
 
 def _layout(group: GroupDef) -> struct.Struct:
@@ -96,19 +115,25 @@ def _layout(group: GroupDef) -> struct.Struct:
     return layout
 
 
-def _selected(group: GroupDef, wanted: frozenset[str] | None) -> tuple[tuple[PointDef, int], ...]:
-    """The points of ``group`` to decode, each with its index in ``_layout(group)``'s tuple: all
-    but pads, or the ``wanted`` ones with the scale factors and repeat counts that they and
-    ``group``'s sub-groups need."""
+def _selected(group: GroupDef, wanted: frozenset[str] | None) -> _Selection:
+    """The points of ``group`` to decode: all but pads, or the ``wanted`` ones with the scale
+    factors and repeat counts that they and ``group``'s sub-groups need."""
     key = (id(group), wanted)
     selection = _SELECTIONS.get(key)
     if selection is None:
         needed = None if wanted is None else wanted | _needs(group, wanted)
         present = [point for point in group.points if point.type != "pad"]
-        selection = tuple(
+        chosen = [
             (point, index)
             for index, point in enumerate(present)
             if needed is None or point.name in needed
+        ]
+        selection = _Selection(
+            plain=tuple(
+                (p.name, i, _NOT_IMPLEMENTED.get(p.type)) for p, i in chosen if p.type in _PLAIN
+            ),
+            converted=tuple((p, i) for p, i in chosen if p.type not in _PLAIN),
+            scaled=tuple(p for p, _ in chosen if p.sf is not None),
         )
         _SELECTIONS[key] = selection
     return selection
@@ -141,12 +166,17 @@ def _decode_group(
     if end > len(regs):
         raise ProtocolError(f"group {group.name} at {start} runs past the block ({len(regs)})")
     unpacked = _layout(group).unpack_from(block, 2 * start)
-    points = _selected(group, wanted)
-    raw = {point.name: _raw(point, unpacked[index]) for point, index in points}
+    selection = _selected(group, wanted)
+    raw: dict[str, int | float | str | Missing] = {}
+    for name, index, not_implemented in selection.plain:
+        value = unpacked[index]
+        raw[name] = MISSING if value == not_implemented else value
+    for point, index in selection.converted:
+        raw[point.name] = _raw(point, unpacked[index])
     scope: Scope = (raw, *enclosing)
-    values: DecodedBlock = {
-        point.name: _scaled(point, raw[point.name], scope) for point, _ in points
-    }
+    values: DecodedBlock = dict(raw)
+    for point in selection.scaled:
+        values[point.name] = _scaled(point, raw[point.name], scope)
     position = end
     for sub in group.groups:
         if not sub.repeating:
@@ -391,6 +421,11 @@ def _first_value(
     """The value of the first (model, source) pair that has one."""
     for model_id, source in sources:
         block = decoded_models[model_id]
+        if source.group is None and len(source.points) == 1:
+            value = block.get(source.points[0])
+            if isinstance(value, _NUMBERS):
+                return (abs(value) if source.magnitude else value) / source.per
+            continue
         if source.group is None:
             values = [block.get(point) for point in source.points]
         else:

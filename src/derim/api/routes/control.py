@@ -25,8 +25,10 @@ async def control(device_id: str, command: CommandRequest, services: ServicesDep
     Checked first against the device's rating and its profile's limits (422 naming what is
     wrong, nothing sent); ``dry_run`` stops there. The answer is ``acknowledged`` only when the
     device confirmed it (read-back), ``failed`` when the read-back differs; a device refusal is
-    409 and an unreachable device 503. An expired command is not sent.
+    409 and an unreachable device 503. An expired command is not sent. ``battery_charge`` and
+    ``battery_discharge`` are carried out, and recorded, as the ``set_active_power`` they mean.
     """
+    command = command.normalized()
     device = services.registry.get(device_id)
     adapter = services.adapters.controller(device_id)
     if adapter is None:
