@@ -123,9 +123,7 @@ class SunSpecAdapter(PollingAdapter):
                 failures.append(exc)
         if failures and not decoded:
             raise failures[0]
-        values: dict[str, object] = {
-            name: value for name, value in to_canonical(decoded).items() if name in self._fields
-        }
+        values: dict[str, object] = dict(to_canonical(decoded, self._fields))
         if failures:
             values["quality"] = Quality.QUESTIONABLE
         return [canonical_reading(self._telemetry, self.device_id, values)]

@@ -93,8 +93,8 @@ class _Selection:
     """Plain integers: name, index and "not implemented" value."""
     converted: tuple[tuple[PointDef, int], ...]
     """Points ``_raw`` converts (scale factors, floats, strings, addresses)."""
-    scaled: tuple[PointDef, ...]
-    """Points with a scale factor."""
+    scaled: tuple[tuple[str, str | int], ...]
+    """Points with a scale factor: name and the factor (a point's name or a fixed exponent)."""
 
 
 _LAYOUTS: dict[int, struct.Struct] = {}
@@ -133,7 +133,7 @@ def _selected(group: GroupDef, wanted: frozenset[str] | None) -> _Selection:
                 (p.name, i, _NOT_IMPLEMENTED.get(p.type)) for p, i in chosen if p.type in _PLAIN
             ),
             converted=tuple((p, i) for p, i in chosen if p.type not in _PLAIN),
-            scaled=tuple(p for p, _ in chosen if p.sf is not None),
+            scaled=tuple((p.name, p.sf) for p, _ in chosen if p.sf is not None),
         )
         _SELECTIONS[key] = selection
     return selection
@@ -175,8 +175,8 @@ def _decode_group(
         raw[point.name] = _raw(point, unpacked[index])
     scope: Scope = (raw, *enclosing)
     values: DecodedBlock = dict(raw)
-    for point in selection.scaled:
-        values[point.name] = _scaled(point, raw[point.name], scope)
+    for name, sf in selection.scaled:
+        values[name] = _scaled(name, raw[name], sf, scope)
     position = end
     for sub in group.groups:
         if not sub.repeating:
@@ -246,15 +246,17 @@ def _raw(point: PointDef, unpacked: int | float | bytes) -> int | float | str | 
         raise ProtocolError(f"{point.name}: string is not UTF-8: {exc}") from exc
 
 
-def _scaled(point: PointDef, raw: int | float | str | Missing, scope: Scope) -> DecodedValue:
-    """``raw * 10**sf`` (float) for a scaled point, else ``raw``; ``MISSING`` if either is."""
-    if point.sf is None or isinstance(raw, _UNSCALABLE):
+def _scaled(
+    name: str, raw: int | float | str | Missing, sf: str | int, scope: Scope
+) -> DecodedValue:
+    """``raw * 10**sf`` (float), the exponent ``sf`` fixed or named; ``MISSING`` if either is."""
+    if isinstance(raw, _UNSCALABLE):
         return raw
-    exponent = point.sf if isinstance(point.sf, int) else _lookup(scope, point.sf)
+    exponent = sf if isinstance(sf, int) else _lookup(scope, sf)
     if isinstance(exponent, Missing):
         return MISSING
     if not isinstance(exponent, int):
-        raise ProtocolError(f"{point.name}: scale factor {point.sf} is not an integer")
+        raise ProtocolError(f"{name}: scale factor {sf} is not an integer")
     # Dividing by an exact power of ten keeps 2301 * 10**-1 at 230.1 rather than 230.10000000000002.
     return float(raw * 10**exponent) if exponent >= 0 else raw / 10**-exponent
 
@@ -376,33 +378,38 @@ FieldPlan = tuple[tuple[str, tuple[tuple[int, Source], ...]], ...]
 StatePlan = tuple[tuple[int, str, Mapping[int, str]], ...]
 
 
-def to_canonical(decoded_models: Mapping[int, DecodedBlock]) -> dict[str, float | str | None]:
+def to_canonical(
+    decoded_models: Mapping[int, DecodedBlock], fields: frozenset[str] | None = None
+) -> dict[str, float | str | None]:
     """Canonical telemetry fields (kW, kvar, V, A, Hz, kWh, %) from decoded models by model id.
 
-    Every field of ``CANONICAL_SOURCES`` and ``state`` is present; None means no source has a value.
+    Every field of ``CANONICAL_SOURCES`` and ``state`` (or of those, the ones in ``fields``) is
+    present; None means no source has a value.
     """
-    field_plan, state_plan = _plan(frozenset(decoded_models))
-    fields: dict[str, float | str | None] = {
+    field_plan, state_plan = _plan(frozenset(decoded_models), fields)
+    values: dict[str, float | str | None] = {
         name: _first_value(sources, decoded_models) for name, sources in field_plan
     }
-    fields["state"] = _state(state_plan, decoded_models)
-    return fields
+    if fields is None or "state" in fields:
+        values["state"] = _state(state_plan, decoded_models)
+    return values
 
 
 @cache
-def _plan(model_ids: frozenset[int]) -> tuple[FieldPlan, StatePlan]:
-    """``CANONICAL_SOURCES`` and ``STATE_SOURCES`` narrowed to the models in ``model_ids``, in
-    order of preference, with each state point's enum symbols."""
-    fields = tuple(
+def _plan(model_ids: frozenset[int], fields: frozenset[str] | None) -> tuple[FieldPlan, StatePlan]:
+    """``CANONICAL_SOURCES`` (the ``fields`` asked for) and ``STATE_SOURCES`` narrowed to the
+    models in ``model_ids``, in order of preference, with each state point's enum symbols."""
+    field_plan = tuple(
         (name, tuple((m, source) for source in sources for m in source.models if m in model_ids))
         for name, sources in CANONICAL_SOURCES.items()
+        if fields is None or name in fields
     )
     states = tuple(
         (m, point, model_definition(m).group.point(point).symbols)
         for m, point in STATE_SOURCES
         if m in model_ids
     )
-    return fields, states
+    return field_plan, states
 
 
 def device_info(decoded_models: Mapping[int, DecodedBlock]) -> dict[str, str | None]:
