@@ -1,0 +1,1 @@
+"""MQTT: topic and payload mappings to canonical telemetry, zero-loss ingestion, commands."""
