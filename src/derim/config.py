@@ -60,6 +60,26 @@ class Settings(BaseSettings):
     spool_retry_s: float = _setting(1.0, "spool_retry_s", gt=0)
     lstm_epochs: int = _setting(50, "lstm_epochs", "LSTM_EPOCHS", ge=1)
     """Training epochs of the twin's LSTM forecaster."""
+    mqtt_url: str | None = _setting(None, "mqtt_url", "MQTT_BROKER_URL", pattern=r"^mqtts?://")
+    """Broker to ingest from, ``mqtt://host:1883`` or ``mqtts://host:8883``; None: no MQTT."""
+    mqtt_username: str | None = _setting(None, "mqtt_username")
+    mqtt_password: SecretStr | None = _setting(None, "mqtt_password")
+    mqtt_client_id: str = _setting("derim", "mqtt_client_id", min_length=1, max_length=64)
+    """Fixed, so that the broker keeps the session (and queued messages) across restarts."""
+    mqtt_protocol: Literal["5", "3.1.1"] = _setting("5", "mqtt_protocol")
+    mqtt_qos: int = _setting(1, "mqtt_qos", ge=0, le=1)
+    mqtt_session_expiry_s: int = _setting(86_400, "mqtt_session_expiry_s", ge=0)
+    mqtt_receive_maximum: int = _setting(2_000, "mqtt_receive_maximum", ge=1, le=65_535)
+    """QoS 1 messages the broker may send before DERIM has stored and acknowledged them."""
+    mqtt_shared_group: str | None = _setting(None, "mqtt_shared_group", pattern=r"^[^/+#]+$")
+    """Subscribe as ``$share/<group>/...`` so that instances split the stream (MQTT 5)."""
+    mqtt_mappings: list[str] = _setting(["gateway_json"], "mqtt_mappings")
+    """Topic and payload mappings: shipped names or YAML file paths."""
+    mqtt_register_unknown: bool = _setting(True, "mqtt_register_unknown")
+    """Register a device the first time a mapping yields readings for it (else reject them)."""
+    mqtt_tls_ca: Path | None = _setting(None, "mqtt_tls_ca")
+    mqtt_tls_cert: Path | None = _setting(None, "mqtt_tls_cert")
+    mqtt_tls_key: Path | None = _setting(None, "mqtt_tls_key")
     devices: list[DERDevice] = _setting([], "devices")
     """The fleet: devices registered (or updated) at start."""
 

@@ -1,4 +1,5 @@
-"""Wiring of the core: registry, store, spool, durable writer and ingest bus, opened together."""
+"""Wiring of the core: registry, store, spool, durable writer, ingest bus, dead letters and the
+adapters (polled devices; the MQTT broker when ``mqtt_url`` is set), opened together."""
 
 from __future__ import annotations
 
@@ -8,15 +9,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from derim.adapters.base import DeviceStatus
 from derim.adapters.manager import AdapterManager
+from derim.adapters.mqtt.adapter import MqttAdapter
+from derim.adapters.mqtt.client import MqttClient
+from derim.adapters.mqtt.mapping import load_mapping, shipped_mapping
 from derim.bus import IngestBus
 from derim.config import Settings
 from derim.errors import ConfigError, DerimError, InvalidRequestError
+from derim.models.device import DERDevice
 from derim.models.telemetry import DERTelemetry
 from derim.storage.base import Store
 from derim.storage.durable import DurableWriter
 from derim.storage.registry import DeviceRegistry
+from derim.storage.rejects import RejectStore
 from derim.storage.spool import Spool
 from derim.storage.sqlite import SQLiteStore
 
@@ -53,11 +61,19 @@ class Services:
     writer: DurableWriter
     bus: IngestBus
     adapters: AdapterManager
+    rejects: RejectStore
+    mqtt: MqttAdapter | None = None
     started_at: float = field(default_factory=time.time)
 
     async def ingest(self, records: Sequence[DERTelemetry]) -> None:
         """Publish records and wait until they are stored or spooled."""
         await self.bus.publish(records, wait=True)
+
+    def status(self, device: DERDevice) -> DeviceStatus | None:
+        """The device's connection state, when an adapter follows it."""
+        if device.protocol == "mqtt" and self.mqtt is not None:
+            return self.mqtt.status(device.id)
+        return self.adapters.status(device.id)
 
 
 @contextlib.asynccontextmanager
@@ -99,10 +115,32 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
                 adapters.start(device.id, adapters.prepare(device))
             except DerimError as exc:
                 log.error("device %s is not polled: %s", device.id, exc)
-        services = Services(settings, registry, store, spool, writer, bus, adapters)
+        rejects = RejectStore(settings.data_dir / "rejects.db")
+        await rejects.open()
+        stack.push_async_callback(rejects.close)
+        services = Services(settings, registry, store, spool, writer, bus, adapters, rejects)
+        if settings.mqtt_url is not None:
+            services.mqtt = _mqtt_adapter(settings, registry, rejects)
+            ingesting = asyncio.create_task(services.mqtt.run(services.ingest), name="derim-mqtt")
+            stack.push_async_callback(_cancel, ingesting)
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
         stack.push_async_callback(_cancel, maintenance)
         yield services
+
+
+def _mqtt_adapter(
+    settings: Settings, registry: DeviceRegistry, rejects: RejectStore
+) -> MqttAdapter:
+    """The broker's adapter with the configured mappings; ``ConfigError`` if one is unusable."""
+    mappings = [
+        load_mapping(Path(name)) if name.endswith((".yaml", ".yml")) else shipped_mapping(name)
+        for name in settings.mqtt_mappings
+    ]
+    data, responses = MqttAdapter.filters(mappings, settings.mqtt_shared_group)
+    client = MqttClient(settings, [*data, *responses])
+    return MqttAdapter(
+        client, mappings, registry, rejects, register_unknown=settings.mqtt_register_unknown
+    )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from api_server import ApiServer
 from influxd import MISSING, InfluxServer, influxd_binary
+from mosquitto import MISSING as MISSING_MOSQUITTO
+from mosquitto import Mosquitto, mosquitto_binary
 
 MISSING_SOCAT = "socat is not installed (Debian package `socat`); `make test` installs it"
 
@@ -26,6 +28,24 @@ def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One Mosquitto broker for the session; tests use their own client ids and topics."""
+    if mosquitto_binary() is None:
+        pytest.fail(MISSING_MOSQUITTO, pytrace=False)
+    with Mosquitto(tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker
+
+
+@pytest.fixture
+def fresh_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private Mosquitto broker for one test, free to be restarted or killed."""
+    if mosquitto_binary() is None:
+        pytest.fail(MISSING_MOSQUITTO, pytrace=False)
+    with Mosquitto(tmp_path / "mosquitto") as broker:
+        yield broker
 
 
 @pytest.fixture

@@ -48,7 +48,8 @@ class LinePoller:
             self._task = asyncio.create_task(self._run(), name=f"derim-line {self.key}")
 
     async def remove(self, adapter: PollingAdapter) -> None:
-        """Stop polling ``adapter``; a poll of it in progress finishes but publishes nothing."""
+        """Stop polling ``adapter``; a poll of it in progress publishes nothing (and is cut off
+        when it was the last device, with the task)."""
         self._members.pop(adapter, None)
         task = self._task
         if self._members or task is None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from derim.adapters.mqtt.adapter import MqttAdapter
 from derim.api.deps import get_services
 from derim.errors import InvalidRequestError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus, CommandType
@@ -30,6 +31,8 @@ async def control(device_id: str, command: CommandRequest, services: ServicesDep
     """
     command = command.normalized()
     device = services.registry.get(device_id)
+    if device.protocol == "mqtt" and services.mqtt is not None:
+        return await _mqtt_command(services.mqtt, device, command)
     adapter = services.adapters.controller(device_id)
     if adapter is None:
         raise InvalidRequestError(
@@ -50,6 +53,26 @@ async def control(device_id: str, command: CommandRequest, services: ServicesDep
         result.history.append((result.status, now))
         return result
     return await adapter.send(command)
+
+
+async def _mqtt_command(
+    mqtt: MqttAdapter, device: DERDevice, command: CommandRequest
+) -> CommandResult:
+    """Publish to an MQTT device (after the same rating and expiry checks)."""
+    _check_rating(device, command)
+    mqtt.commands_for(device)
+    result = CommandResult(device_id=device.id, request=command)
+    now = datetime.now(UTC)
+    if command.expires_at is not None and command.expires_at <= now:
+        result.status = CommandStatus.EXPIRED
+        result.message = "expired before it could be sent"
+    elif command.dry_run:
+        result.status = CommandStatus.VALIDATED
+        result.message = "valid; not sent (dry run)"
+    else:
+        return await mqtt.send_to(device, command)
+    result.history.append((result.status, now))
+    return result
 
 
 def _check_rating(device: DERDevice, command: CommandRequest) -> None:

@@ -35,7 +35,7 @@ class DeviceView(DERDevice):
 
 
 def _view(device: DERDevice, services: Services) -> DeviceView:
-    status = services.adapters.status(device.id)
+    status = services.status(device)
     view = DeviceView.model_validate(device.model_dump())
     if status is not None:
         view.status = ConnectionStatus(

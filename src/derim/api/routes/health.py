@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from derim import __version__
+from derim.adapters.mqtt.adapter import MqttAdapter
 from derim.api.deps import get_services
 from derim.api.metrics import render_metrics
 from derim.errors import DerimError
@@ -49,7 +50,22 @@ async def health(services: ServicesDep) -> dict[str, Any]:
             "stored": services.writer.counters.stored,
             "spooled": services.writer.counters.spooled,
             "replayed": services.writer.counters.replayed,
+            "rejected": services.rejects.count,
         },
+        "mqtt": None if services.mqtt is None else _mqtt(services.mqtt),
+    }
+
+
+def _mqtt(mqtt: MqttAdapter) -> dict[str, Any]:
+    """The broker connection and its message counters."""
+    counters = mqtt.counters
+    return {
+        "broker": f"{mqtt.client.host}:{mqtt.client.port}",
+        "connected": mqtt.client.connected,
+        "last_error": mqtt.client.last_error,
+        "messages": counters.messages,
+        "records": counters.records,
+        "rejected": counters.rejected,
     }
 
 

@@ -1,0 +1,244 @@
+"""paho-mqtt's network loop in its own thread, handing messages to asyncio in batches.
+
+paho does the protocol (MQTT 3.1.1 and 5, TLS, persistent sessions, reconnect with backoff). Its
+thread appends each message to an inbox and wakes the event loop once per batch, not once per
+message. QoS 1 messages are acknowledged by hand (``ack``), after the caller has stored them, so
+a crash loses nothing the broker delivered: the broker sends them again when the session resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from derim.config import Settings
+from derim.errors import ConfigError, TransportError
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
+"""paho's reconnect backoff: doubling from 1 s, at most 30 s."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message as received; ``received_at`` is Unix time (s)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    received_at: float
+    correlation: bytes | None = None
+    """MQTT 5 correlation data, set on command responses."""
+
+
+class MqttClient:
+    """One connection to the broker, subscribed to ``filters``."""
+
+    def __init__(self, settings: Settings, filters: Sequence[str]) -> None:
+        if settings.mqtt_url is None:
+            raise ConfigError("mqtt_url is not set")
+        url = urlsplit(settings.mqtt_url)
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or (8883 if url.scheme == "mqtts" else 1883)
+        self.qos = settings.mqtt_qos
+        self.filters = list(filters)
+        self.connected = False
+        self.subscribed = False
+        """Whether the broker has confirmed the subscriptions of the current connection."""
+        self.last_error: str | None = None
+        self._settings = settings
+        self._v5 = settings.mqtt_protocol == "5"
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_client_id,
+            clean_session=None if self._v5 else False,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            manual_ack=True,
+        )
+        if url.scheme == "mqtts":
+            self._client.tls_set(
+                ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
+                certfile=str(settings.mqtt_tls_cert) if settings.mqtt_tls_cert else None,
+                keyfile=str(settings.mqtt_tls_key) if settings.mqtt_tls_key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if settings.mqtt_username is not None:
+            password = settings.mqtt_password
+            self._client.username_pw_set(
+                settings.mqtt_username, password.get_secret_value() if password else None
+            )
+        self._client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        self._client.max_inflight_messages_set(settings.mqtt_receive_maximum)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
+        self._lock = threading.RLock()
+        self._inbox: list[Message] = []
+        self._woken = False
+        self._ready = asyncio.Event()
+        self._published: dict[int, asyncio.Future[None]] = {}
+        self._published_early: set[int] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        """Start connecting (and reconnecting) in paho's thread; returns at once."""
+        self._loop = asyncio.get_running_loop()
+        properties = None
+        if self._v5:
+            properties = _properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self._settings.mqtt_session_expiry_s
+            properties.ReceiveMaximum = self._settings.mqtt_receive_maximum
+        try:
+            self._client.connect_async(
+                self.host,
+                self.port,
+                keepalive=30,
+                clean_start=False if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=properties,
+            )
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"mqtt {self.host}:{self.port}: {exc}") from exc
+        self._client.loop_start()
+
+    async def stop(self) -> None:
+        """Disconnect and stop paho's thread (the broker keeps the session)."""
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+        self.connected = False
+
+    async def messages(self) -> list[Message]:
+        """The messages received since the last call, waiting for at least one."""
+        while True:
+            with self._lock:
+                batch, self._inbox = self._inbox, []
+                if batch:
+                    return batch
+                self._woken = False
+                self._ready.clear()
+            await self._ready.wait()
+
+    def ack(self, messages: Iterable[Message]) -> None:
+        """Acknowledge QoS 1 messages to the broker, in the order received."""
+        for message in messages:
+            if message.qos > 0:
+                self._client.ack(message.mid, message.qos)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
+        """Publish and wait until the broker has it (PUBACK at QoS 1); ``TransportError`` if
+        the client is not connected."""
+        properties = None
+        if self._v5 and response_topic is not None:
+            properties = _properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = response_topic
+            if correlation is not None:
+                properties.CorrelationData = correlation
+        assert self._loop is not None  # start() ran
+        done: asyncio.Future[None] = self._loop.create_future()
+        with self._lock:
+            info = self._client.publish(topic, payload, qos=qos, properties=properties)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                raise TransportError(f"mqtt publish to {topic}: {paho.error_string(info.rc)}")
+            if info.mid in self._published_early:
+                self._published_early.discard(info.mid)
+                done.set_result(None)
+            else:
+                self._published[info.mid] = done
+        await done
+
+    def _wake(self) -> None:
+        self._ready.set()
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = f"connection refused: {reason}"
+            log.warning("mqtt %s:%d refused the connection: %s", self.host, self.port, reason)
+            return
+        self.connected = True
+        self.last_error = None
+        log.info("mqtt connected to %s:%d (session present: %s)", self.host, self.port,
+                 flags.session_present)  # fmt: skip
+        if self.filters:
+            client.subscribe([(topic, self.qos) for topic in self.filters])
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        refused = [reason for reason in reasons if reason.is_failure]
+        if refused:
+            self.last_error = f"subscription refused: {refused[0]}"
+            log.error("mqtt %s:%d refused a subscription: %s", self.host, self.port, refused[0])
+        self.subscribed = not refused
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self.connected = self.subscribed = False
+        if reason.is_failure:
+            self.last_error = f"disconnected: {reason}"
+            log.warning("mqtt %s:%d disconnected: %s", self.host, self.port, reason)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        correlation = None
+        if self._v5 and message.properties is not None:
+            correlation = getattr(message.properties, "CorrelationData", None)
+        item = Message(
+            topic=message.topic,
+            payload=bytes(message.payload),
+            qos=message.qos,
+            mid=message.mid,
+            received_at=time.time(),
+            correlation=correlation,
+        )
+        with self._lock:
+            self._inbox.append(item)
+            if self._woken:
+                return
+            self._woken = True
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._wake)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        with self._lock:
+            done = self._published.pop(mid, None)
+            if done is None:
+                self._published_early.add(mid)
+                return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_settle, done)
+
+
+def _properties(packet_type: int) -> Properties:
+    """Empty MQTT 5 properties for one packet type."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho lacks the hint
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)

@@ -1,0 +1,304 @@
+"""The MQTT adapter inside running services, against a real Mosquitto on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from mosquitto import Mosquitto
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+
+from async_helpers import until, until_async
+from derim.config import load_settings
+from derim.models.command import CommandRequest, CommandStatus, CommandType
+from derim.services import Services, running_services
+from derim.storage.base import TelemetryQuery
+
+MAPPING = """
+name: test_gateway
+device_type: meter
+routes:
+  - topic: "t/+/telemetry"
+    device_id: "{1}"
+    format: json
+    timestamp: {path: ts, format: epoch_ms}
+    fields:
+      power_kw: {path: P, unit: W}
+      voltage_v: {path: U}
+commands:
+  topic: "t/{device_id}/cmd"
+  response_topic: "t/{device_id}/cmd/response"
+  timeout_s: 1.5
+  qos: 1
+"""
+T0_MS = 1_767_225_600_000
+"""2026-01-01T00:00:00Z: device timestamps in the tests count from here (ms)."""
+
+
+def payload(i: int) -> bytes:
+    return json.dumps({"ts": T0_MS + i * 1000, "P": 1000 + i, "U": 230.0}).encode()
+
+
+def stream(device_id: str, indices: range) -> list[tuple[str, bytes]]:
+    """Messages of ``device_id`` one second apart, numbered by ``indices``."""
+    return [(f"t/{device_id}/telemetry", payload(i)) for i in indices]
+
+
+class Publisher:
+    """A paho client in its own thread that publishes and waits for every PUBACK."""
+
+    def __init__(self, broker: Mosquitto, client_id: str = "test-publisher") -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=paho.MQTTv5)  # fmt: skip
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def send(self, messages: Sequence[tuple[str, bytes]], qos: int = 1) -> None:
+        infos = [self.client.publish(topic, body, qos=qos) for topic, body in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=30)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def mapping_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mapping.yaml"
+    path.write_text(MAPPING)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def derim(
+    broker: Mosquitto, data_dir: Path, mapping_file: Path, **overrides: Any
+) -> AsyncIterator[Services]:
+    settings = load_settings(
+        None,
+        data_dir=data_dir,
+        mqtt_url=broker.url,
+        mqtt_mappings=[str(mapping_file)],
+        **{"mqtt_client_id": "derim-test", **overrides},
+    )
+    async with running_services(settings) as services:
+        await until(lambda: services.mqtt is not None and services.mqtt.client.subscribed)
+        yield services
+
+
+async def stored(services: Services, device_id: str) -> list[int]:
+    """Timestamps (ms) stored for ``device_id``."""
+    page = await services.store.query(
+        TelemetryQuery(device_id, T0_MS - 1, T0_MS + 10**9, fields=("power_kw",), limit=100_000)
+    )
+    rows = json.loads(page.records_json)
+    return [int(datetime.fromisoformat(row["timestamp"]).timestamp() * 1000) for row in rows]
+
+
+async def _count_is(services: Services, device_id: str, count: int) -> bool:
+    return len(set(await stored(services, device_id))) == count
+
+
+async def test_a_burst_is_stored_whole_with_device_timestamps(
+    mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
+) -> None:
+    """1,000 QoS 1 messages on one topic in a burst: 1,000 records, each at its device time
+    (not the arrival time), and the device registered from the mapping."""
+    async with derim(mosquitto, tmp_path / "data", mapping_file) as services:
+        publisher = Publisher(mosquitto)
+        await asyncio.to_thread(publisher.send, stream("m1", range(1000)))
+        publisher.close()
+        assert services.mqtt is not None
+        await until(lambda: services.mqtt is not None and services.mqtt.counters.records == 1000)
+        times = await stored(services, "m1")
+        assert times == [T0_MS + i * 1000 for i in range(1000)]
+        device = services.registry.get("m1")
+        assert device.device_type.value == "meter"
+        assert services.status(device) is not None
+
+
+async def test_malformed_payloads_are_dead_lettered_with_their_bytes(
+    mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
+) -> None:
+    """Bad JSON, a string power, NaN and an unmapped topic are each rejected, counted and kept
+    with their raw payload; good messages around them are stored."""
+    bad = [
+        ("t/m2/telemetry", b"{not json"),
+        ("t/m2/telemetry", json.dumps({"ts": T0_MS, "P": "high"}).encode()),
+        ("t/m2/telemetry", b'{"ts": 1767225600000, "P": NaN}'),
+        ("t/m2/telemetry", b"\xff\xfe"),
+        ("t/m2/telemetry", json.dumps({"ts": T0_MS, "U": -5.0}).encode()),
+    ]
+    good = stream("m2", range(3))
+    async with derim(mosquitto, tmp_path / "data", mapping_file) as services:
+        publisher = Publisher(mosquitto, "bad-publisher")
+        await asyncio.to_thread(publisher.send, [good[0], *bad, *good[1:]])
+        publisher.close()
+        mqtt = services.mqtt
+        assert mqtt is not None
+        await until(lambda: mqtt.counters.messages == len(bad) + len(good))
+        assert mqtt.counters.rejected == len(bad)
+        assert len(await stored(services, "m2")) == len(good)
+        rejects = await services.rejects.latest(10)
+        assert {r.payload for r in rejects} == {body for _, body in bad}
+        reasons = " | ".join(r.reason for r in rejects)
+        for expected in ("JSON", "UTF-8", "voltage_v"):
+            assert expected in reasons
+
+
+async def test_killed_middleware_loses_nothing_the_broker_delivered(
+    mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
+) -> None:
+    """A stream published while DERIM stops mid-way without acknowledging (its task cancelled
+    between storing and acking, as in a crash) and then starts again: every message is stored
+    exactly once per device timestamp (redelivered ones overwrite themselves)."""
+    data_dir = tmp_path / "data"
+    total = 3000
+    publisher = Publisher(mosquitto, "stream-publisher")
+    async with derim(mosquitto, data_dir, mapping_file, mqtt_client_id="derim-crash") as services:
+        sender = asyncio.create_task(asyncio.to_thread(publisher.send, stream("m3", range(total))))
+        await until(lambda: services.mqtt is not None and services.mqtt.counters.records > 200)
+        services.mqtt.client.ack = lambda messages: None  # type: ignore[method-assign]
+    await sender
+    publisher.close()
+    async with derim(mosquitto, data_dir, mapping_file, mqtt_client_id="derim-crash") as services:
+        times: list[int] = []
+        for _ in range(300):
+            times = await stored(services, "m3")
+            if len(times) == total:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(set(times)) == [T0_MS + i * 1000 for i in range(total)]
+        assert len(times) == total
+
+
+async def test_ingestion_resumes_after_a_broker_restart(
+    fresh_mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
+) -> None:
+    """The broker restarts between two halves of a stream; DERIM reconnects, resumes its session
+    and stores both halves (messages redelivered after the restart overwrite themselves)."""
+    async with derim(fresh_mosquitto, tmp_path / "data", mapping_file) as services:
+        publisher = Publisher(fresh_mosquitto, "restart-publisher")
+        await asyncio.to_thread(publisher.send, stream("m4", range(100)))
+        publisher.close()
+        await until(lambda: services.mqtt is not None and services.mqtt.counters.records == 100)
+        await asyncio.to_thread(fresh_mosquitto.restart)
+        await until(lambda: services.mqtt is not None and services.mqtt.client.subscribed,
+                    timeout_s=15.0)  # fmt: skip
+        publisher = Publisher(fresh_mosquitto, "restart-publisher-2")
+        await asyncio.to_thread(publisher.send, stream("m4", range(100, 200)))
+        publisher.close()
+        # Acks the broker had not saved before the restart are redelivered: at least once.
+        await until(lambda: services.mqtt is not None and services.mqtt.counters.records >= 200)
+        await until_async(lambda: _count_is(services, "m4", 200))
+
+
+async def test_two_instances_split_a_shared_subscription(
+    mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
+) -> None:
+    """Two DERIM instances in one shared-subscription group: each stores part of the stream,
+    together all of it, none of it twice."""
+    total = 2000
+    async with (
+        derim(mosquitto, tmp_path / "a", mapping_file, mqtt_client_id="derim-a",
+              mqtt_shared_group="derim") as first,
+        derim(mosquitto, tmp_path / "b", mapping_file, mqtt_client_id="derim-b",
+              mqtt_shared_group="derim") as second,
+    ):  # fmt: skip
+        publisher = Publisher(mosquitto, "shared-publisher")
+        await asyncio.to_thread(publisher.send, stream("m5", range(total)))
+        publisher.close()
+        assert first.mqtt is not None
+        assert second.mqtt is not None
+        a, b = first.mqtt.counters, second.mqtt.counters
+        await until(lambda: a.records + b.records >= total)
+        times_a, times_b = await stored(first, "m5"), await stored(second, "m5")
+        assert times_a
+        assert times_b
+        assert not set(times_a) & set(times_b)
+        assert sorted(times_a + times_b) == [T0_MS + i * 1000 for i in range(total)]
+
+
+class Responder:
+    """A device on MQTT that answers commands on the response topic with their correlation."""
+
+    def __init__(self, broker: Mosquitto, answer: str) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="responder",
+                                  protocol=paho.MQTTv5)  # fmt: skip
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
+        self.answer = answer
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe("t/+/cmd", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        body = json.loads(message.payload)
+        self.received.append(body)
+        properties = Properties(paho.PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.CorrelationData = message.properties.CorrelationData
+        reply = {"status": self.answer, "message": f"{self.answer} by the device"}
+        client.publish(message.properties.ResponseTopic, json.dumps(reply), qos=1,
+                       properties=properties)  # fmt: skip
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [("acknowledged", CommandStatus.ACKNOWLEDGED), ("rejected", CommandStatus.REJECTED)],
+)
+async def test_commands_report_the_device_answer(
+    mosquitto: Mosquitto,
+    tmp_path: Path,
+    mapping_file: Path,
+    answer: str,
+    status: CommandStatus,
+) -> None:
+    """A command goes to the device's command topic with a correlation id; the device's answer
+    on the response topic is what the result says."""
+    responder = Responder(mosquitto, answer)
+    try:
+        assert responder.subscribed.wait(5)
+        async with derim(mosquitto, tmp_path / "data", mapping_file) as services:
+            publisher = Publisher(mosquitto, "cmd-publisher")
+            await asyncio.to_thread(publisher.send, [("t/m6/telemetry", payload(0))])
+            publisher.close()
+            await until(lambda: services.registry.find("m6") is not None)
+            assert services.mqtt is not None
+            command = CommandRequest(command=CommandType.SET_POWER_LIMIT, value=2.0)
+            result = await services.mqtt.send_to(services.registry.get("m6"), command)
+            assert result.status is status, result.message
+            assert responder.received[-1]["command"] == "set_power_limit"
+            assert responder.received[-1]["command_id"] == str(result.command_id)
+    finally:
+        responder.close()
+
+
+async def test_a_command_nobody_answers_times_out(
+    mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
+) -> None:
+    """No device answers within the mapping's timeout: timed_out, never acknowledged."""
+    async with derim(mosquitto, tmp_path / "data", mapping_file) as services:
+        publisher = Publisher(mosquitto, "silent-publisher")
+        await asyncio.to_thread(publisher.send, [("t/m7/telemetry", payload(0))])
+        publisher.close()
+        await until(lambda: services.registry.find("m7") is not None)
+        assert services.mqtt is not None
+        command = CommandRequest(command=CommandType.DISCONNECT)
+        result = await services.mqtt.send_to(services.registry.get("m7"), command)
+        assert result.status is CommandStatus.TIMED_OUT
