@@ -3,7 +3,7 @@
 The publishers send ``n`` JSON meter readings to ``bench/meter/{i % 100}/telemetry`` as fast as the
 broker takes them. ``raw_rate`` is the baseline an MQTT ingestion path is compared with: a plain
 paho client on a persistent session that only counts messages. The broker is
-``tests/integration/mosquitto.py``'s ``Mosquitto`` (the same class the integration tests use).
+``derim.sim.broker.Mosquitto`` (the same class the demo and the integration tests use).
 
 Usage: ``python benchmarks/_mqtt.py [--qos 0 1] [-n 200000]`` starts its own broker and prints the
 raw rates.
@@ -27,9 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
-
-from mosquitto import Mosquitto
+from derim.sim.broker import Mosquitto
 
 METERS = 100
 TOPIC = "bench/meter/{meter}/telemetry"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import random
 import sys
@@ -98,12 +99,18 @@ def demo(ctx: click.Context, host: str | None, port: int | None) -> None:
 async def _serve_demo(settings: Settings, host: str, port: int) -> None:
     from derim.api.app import create_app
     from derim.demo import POLLED_DEVICES, readings_at, sample_day, sample_fleet
+    from derim.sim.mqtt_meter import MqttMeterSim
     from derim.sim.sunspec_fleet import SunSpecFleetSim
 
     simulator = await SunSpecFleetSim().start()
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(simulator.stop)
+        broker = await _demo_broker(settings, stack)
         fleet = sample_fleet(sunspec_port=simulator.port)
-        app = create_app(settings.model_copy(update={"devices": fleet}))
+        update: dict[str, object] = {"devices": fleet}
+        if broker is not None:
+            update |= {"mqtt_url": broker, "mqtt_mappings": ["gateway_json"]}
+        app = create_app(settings.model_copy(update=update))
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None))
         serving = asyncio.create_task(server.serve())
         while not server.started:
@@ -120,14 +127,34 @@ async def _serve_demo(settings: Settings, host: str, port: int) -> None:
             f"Simulated site on 127.0.0.1:{simulator.port} (SunSpec PV and battery on units 1-2,"
             " Modbus meter on unit 3), polled every second"
         )
+        if broker is None:
+            click.echo("No MQTT broker (set DERIM_MQTT_URL or install mosquitto): no MQTT meters")
+        else:
+            meters = await MqttMeterSim(broker).start()
+            stack.push_async_callback(meters.stop)
+            click.echo(f"MQTT broker {broker}: meters {', '.join(meters.device_ids())} publish"
+                       " every second (mapping gateway_json)")  # fmt: skip
         click.echo(f"Try: curl '{url}/api/v1/telemetry/pv-roof-1/latest'")
         rng, soc = random.Random(7), [50.0]
         while not serving.done():
             live = readings_at(datetime.now(UTC), rng, soc)
             await services.ingest([r for r in live if r.device_id not in POLLED_DEVICES])
             await asyncio.wait({serving}, timeout=LIVE_INTERVAL_S)
-    finally:
-        await simulator.stop()
+
+
+async def _demo_broker(settings: Settings, stack: contextlib.AsyncExitStack) -> str | None:
+    """The broker for the demo's MQTT meters: the configured one, else a private Mosquitto on a
+    free loopback port when the binary is installed, else None."""
+    from derim.sim.broker import Mosquitto, mosquitto_binary
+
+    if settings.mqtt_url is not None:
+        return settings.mqtt_url
+    if mosquitto_binary() is None:
+        return None
+    broker = Mosquitto(settings.data_dir / "mosquitto")
+    await asyncio.to_thread(broker.start)
+    stack.callback(broker.stop)
+    return broker.url
 
 
 @main.group()

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from api_server import ApiServer
 from influxd import MISSING, InfluxServer, influxd_binary
-from mosquitto import MISSING as MISSING_MOSQUITTO
-from mosquitto import Mosquitto, mosquitto_binary
+
+from derim.sim.broker import MISSING as MISSING_MOSQUITTO
+from derim.sim.broker import Mosquitto, mosquitto_binary
 
 MISSING_SOCAT = "socat is not installed (Debian package `socat`); `make test` installs it"
 

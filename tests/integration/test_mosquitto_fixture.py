@@ -10,10 +10,11 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from mosquitto import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from derim.sim.broker import Mosquitto
 
 pytestmark = pytest.mark.integration
 

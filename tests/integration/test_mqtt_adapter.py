@@ -13,7 +13,6 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from mosquitto import Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
@@ -21,6 +20,7 @@ from async_helpers import until, until_async
 from derim.config import load_settings
 from derim.models.command import CommandRequest, CommandStatus, CommandType
 from derim.services import Services, running_services
+from derim.sim.broker import Mosquitto
 from derim.storage.base import TelemetryQuery
 
 MAPPING = """

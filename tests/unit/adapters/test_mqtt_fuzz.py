@@ -17,6 +17,7 @@ from derim.adapters.mqtt.mapping import (
     MetricsRoute,
     NumberRoute,
     Route,
+    Target,
     load_mapping_text,
     shipped_mapping,
     topic_matches,
@@ -84,8 +85,14 @@ ROUTES: list[Route] = [
 ]
 NOW = datetime.now(UTC)
 
+
+def mostly(usual: st.SearchStrategy[Any], rare: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``usual`` nine times in ten, else ``rare``."""
+    return st.integers(0, 9).flatmap(lambda n: usual if n else rare)
+
+
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,12}", fullmatch=True)
-levels = st.one_of(ids, ids, ids, st.text(st.characters(exclude_characters="/"), max_size=8))
+levels = mostly(ids, st.text(st.characters(exclude_characters="/"), max_size=8))
 """Topic levels: mostly valid device ids, sometimes anything but a slash (empty included)."""
 leaves = st.one_of(
     st.none(),
@@ -96,20 +103,30 @@ leaves = st.one_of(
     st.datetimes(timezones=st.just(UTC)).map(datetime.isoformat),
 )
 """Any JSON scalar."""
-timestamps = st.one_of(
-    st.integers(0, int(NOW.timestamp())),
-    st.integers(0, int(NOW.timestamp() * 1000)),
-    st.datetimes(datetime(1970, 1, 2), datetime(2024, 1, 1)).map(datetime.isoformat),
+timestamps = mostly(
+    st.one_of(
+        st.integers(0, int(NOW.timestamp())),
+        st.integers(0, int(NOW.timestamp() * 1000)),
+        st.datetimes(datetime(1970, 1, 2), datetime(2024, 1, 1)).map(datetime.isoformat),
+    ),
+    leaves,
 )
-"""Timestamps most formats accept: epoch s or ms, ISO 8601."""
-plausible = st.one_of(
-    st.integers(0, 100),
-    st.floats(0, 100),
-    st.sampled_from([0, 1, 3, 4, "1", "RUN", "A", True]),
-    timestamps,
-)
-"""Values most fields accept: small numbers, enum codes, timestamps."""
-values = st.one_of(plausible, plausible, plausible, leaves)
+"""Mostly timestamps some format accepts: epoch s or ms, ISO 8601."""
+
+
+def raw_values(target: Target) -> st.SearchStrategy[Any]:
+    """Mostly raw values ``target`` accepts: numbers near its range, its enum codes, text."""
+    usual: st.SearchStrategy[Any]
+    if target.kind == "number":
+        usual = st.floats(max(target.low, -1e6), min(target.high, 1e6))
+    elif target.kind == "integer":
+        usual = st.integers(0, 10)
+    elif target.kind == "text":
+        usual = st.text(max_size=10)
+    else:
+        codes = list(target.enum or {})
+        usual = st.sampled_from([*codes, *(int(code) for code in codes if code.isdigit())])
+    return mostly(usual, leaves)
 
 
 def topic_for(draw: st.DrawFn, route: Route) -> str:
@@ -143,9 +160,11 @@ def put(document: dict[str, Any], keys: Keys, value: object) -> None:
 def reading_object(draw: st.DrawFn, route: JsonRoute) -> dict[str, Any]:
     """A reading object with each mapped value (and the timestamp) present or not, at random."""
     document: dict[str, Any] = {}
-    for keys in [target.keys for target in route.targets] + [route.timestamp_keys or ()]:
-        if keys and draw(st.booleans()):
-            put(document, keys, draw(values))
+    for target in route.targets:
+        if draw(st.booleans()):
+            put(document, target.keys, draw(raw_values(target)))
+    if route.timestamp_keys is not None and draw(st.booleans()):
+        put(document, route.timestamp_keys, draw(timestamps))
     return document
 
 
@@ -163,23 +182,24 @@ def messages(draw: st.DrawFn) -> tuple[Route, str, bytes]:
         max_leaves=8,
     )
     document: object
-    choice = draw(st.integers(0, 3))
+    choice = draw(st.integers(0, 5))
     if choice == 0:
         return route, topic, draw(st.binary(max_size=64))
     if choice == 1:
         document = draw(json_values)
     elif isinstance(route, NumberRoute):
-        number = st.one_of(st.floats(), st.integers(-(10**30), 10**30), plausible)
+        number = st.one_of(st.floats(), st.integers(-(10**30), 10**30), raw_values(route.target))
         return route, topic, draw(number.map(str) | st.text(max_size=8)).encode()
     elif isinstance(route, MetricsRoute):
-        names = st.sampled_from([*route.targets, "other"]) | leaves
-        metric = st.fixed_dictionaries(
-            {"name": names, "value": values}, optional={"timestamp": values}
-        )
-        document = draw(
-            st.fixed_dictionaries(
-                {"metrics": st.lists(metric | leaves, max_size=4)}, optional={"timestamp": values}
+        metric = st.sampled_from(list(route.targets.items())).flatmap(
+            lambda item: st.fixed_dictionaries(
+                {"name": mostly(st.just(item[0]), leaves), "value": raw_values(item[1])},
+                optional={"timestamp": timestamps},
             )
+        )
+        entries = st.lists(mostly(metric, leaves), max_size=4)
+        document = draw(
+            st.fixed_dictionaries({"metrics": entries}, optional={"timestamp": timestamps})
         )
     elif route.readings_keys is None:
         document = reading_object(draw, route)

@@ -46,6 +46,7 @@ TimestampFormat = Literal["iso8601", "epoch_s", "epoch_ms", "auto"]
 Keys = tuple[str | int, ...]
 """A compiled JSON path: object keys and list indices, outermost first."""
 Kind = Literal["number", "integer", "text", "enum"]
+"""What a field holds: a float, an int (``connector_id``), a string or an enum value."""
 
 UNITS: dict[str, tuple[str, int]] = {
     "W": ("kW", -3),
@@ -261,7 +262,7 @@ class JsonRoute(RouteBase):
     @model_validator(mode="after")
     def _compile(self) -> Self:
         self._targets = tuple(
-            _target(
+            _compile_target(
                 self.device_type,
                 name,
                 spec,
@@ -281,19 +282,21 @@ class NumberRoute(RouteBase, ValueSpec):
 
     format: Literal["number"]
     field: str
-    _target_: Target = PrivateAttr()
+    _target: Target = PrivateAttr()
 
     @property
     def target(self) -> Target:
         """The field fed, with its compiled conversion."""
-        return self._target_
+        return self._target
 
     @model_validator(mode="after")
     def _compile(self) -> Self:
-        target = _target(self.device_type, self.field, self, ("payload", ()), ("field",), ())
+        target = _compile_target(
+            self.device_type, self.field, self, ("payload", ()), ("field",), ()
+        )
         if target.kind == "text":
             raise ProfileRuleError(("field",), f"a number cannot feed text field {self.field!r}")
-        self._target_ = target
+        self._target = target
         return self
 
 
@@ -318,7 +321,7 @@ class MetricsRoute(RouteBase):
             if spec.field in fed:
                 raise ProfileRuleError((*loc, "field"), f"field {spec.field!r} is fed twice")
             fed.add(spec.field)
-            targets[name] = _target(
+            targets[name] = _compile_target(
                 self.device_type, spec.field, spec, (f"metric {name!r}", ()), (*loc, "field"), loc
             )
         self._targets = targets
@@ -326,7 +329,7 @@ class MetricsRoute(RouteBase):
 
 
 Route = JsonRoute | NumberRoute | MetricsRoute
-FORMATS = ("json", "number", "metrics")
+_FORMATS = ("json", "number", "metrics")
 
 
 class CommandTopics(_Strict):
@@ -368,7 +371,7 @@ class Mapping(_Strict):
         return self
 
 
-def _target(
+def _compile_target(
     device_type: DeviceType,
     field: str,
     spec: ValueSpec,
@@ -410,10 +413,9 @@ def _target(
     if kind is not float:
         if converts:
             raise ProfileRuleError(spec_loc, f"{field!r} takes its value as is: no unit or scale")
-        integer = kind is int
         return Target(
             field,
-            "integer" if integer else "text",
+            "integer" if kind is int else "text",
             *source,
             low=low,
             high=high,
@@ -459,7 +461,7 @@ def shipped_mapping(name: str) -> Mapping:
     return load_mapping_text(resource.read_text(encoding="utf-8"), f"shipped mapping {name}")
 
 
-def load_mapping(path: Path) -> Mapping:
+def load_mapping(path: str | Path) -> Mapping:
     """Read and validate the YAML MQTT mapping at ``path``; raise ``ConfigError`` if invalid."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -490,7 +492,7 @@ def load_mapping_text(text: str, source: str = "<string>") -> Mapping:
         for err in exc.errors():
             cause = err.get("ctx", {}).get("error")
             loc: Loc = tuple(err["loc"])
-            if loc[:1] == ("routes",) and len(loc) > 2 and loc[2] in FORMATS:
+            if loc[:1] == ("routes",) and len(loc) > 2 and loc[2] in _FORMATS:
                 loc = loc[:2] + loc[3:]  # drop the union tag Pydantic adds after routes.<n>
             if isinstance(cause, ProfileRuleError):
                 loc += cause.loc

@@ -1,4 +1,5 @@
-"""A real Mosquitto broker on loopback for tests and benchmarks, stoppable, restartable, killable.
+"""A real Mosquitto broker on loopback for the demo, tests and benchmarks: stoppable, restartable,
+killable.
 
 Persistence is on (data in ``root/data``): persistent sessions, their subscriptions and queued
 QoS 1/2 messages survive ``stop()``/``restart()`` (SIGTERM saves the database) and, up to the
@@ -16,8 +17,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from influxd import free_ports
-
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 FALLBACK_BINARY = "/usr/sbin/mosquitto"
@@ -25,6 +24,14 @@ MISSING = (
     "mosquitto is not installed (Debian package `mosquitto`); `make test` installs it "
     "(or run `apt-get install -y mosquitto`)"
 )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def mosquitto_binary() -> str | None:
@@ -56,7 +63,7 @@ class Mosquitto:
         self.data_dir = root / "data"
         self.config_path = root / "mosquitto.conf"
         self.log_path = root / "mosquitto.log"
-        self.port = free_ports(1)[0]
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # As root, mosquitto drops to user `mosquitto` unless told otherwise, and could then not
