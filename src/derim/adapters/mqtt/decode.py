@@ -65,7 +65,8 @@ def decode(route: Route, topic: str, payload: bytes) -> list[Reading]:
     """Decode ``payload``, received on ``topic`` (which matches ``route.topic``), into readings.
 
     A json route gives one reading per object (one, or each of a batch), a number route one
-    reading, a metrics route one reading per distinct timestamp among the mapped metrics.
+    reading, a metrics route one reading per distinct timestamp among the mapped metrics
+    (metrics it does not map, or that carry no name, only an alias, are ignored).
     Raises ``PayloadError`` when the topic yields no valid device id or the payload is not
     UTF-8, not JSON (not a decimal number), lacks every mapped field, holds an empty batch, a
     non-number, NaN, infinity or out-of-range value, an unmapped enum code or a bad timestamp.
@@ -84,6 +85,7 @@ def decode(route: Route, topic: str, payload: bytes) -> list[Reading]:
 
 
 def _decode_json(route: JsonRoute, device_id: str, document: object) -> list[Reading]:
+    """One reading per object: the document itself, or each object of its batch."""
     batch = [document] if route.readings_keys is None else _at(document, route.readings_keys)
     if not isinstance(batch, list):
         raise PayloadError(f"no list of readings at path {route.readings!r}")
@@ -111,6 +113,7 @@ def _decode_json(route: JsonRoute, device_id: str, document: object) -> list[Rea
 
 
 def _decode_metrics(route: MetricsRoute, device_id: str, document: object) -> list[Reading]:
+    """One reading per distinct timestamp (the metric's, else the payload's) of mapped metrics."""
     metrics = document.get("metrics") if isinstance(document, dict) else None
     if not isinstance(document, dict) or not isinstance(metrics, list):
         raise PayloadError("a metrics payload is a JSON object with a list at 'metrics'")

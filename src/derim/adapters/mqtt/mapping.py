@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -22,7 +23,6 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
-    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -216,11 +216,15 @@ class RouteBase(_Strict):
         description="Device id template: {n} is level n (0-based) of the received topic."
     )
     device_type: DeviceType
-    _levels: tuple[str, ...] = PrivateAttr()
+
+    @cached_property
+    def levels(self) -> tuple[str, ...]:
+        """The filter's levels, split once for matching."""
+        return tuple(self.topic.split("/"))
 
     @model_validator(mode="after")
     def _check_levels(self) -> Self:
-        levels = tuple(self.topic.split("/"))
+        levels = self.levels
         for match in _PLACEHOLDER.finditer(self.device_id):
             index = int(match[1])
             if index >= len(levels) or levels[index] == "#":
@@ -229,7 +233,6 @@ class RouteBase(_Strict):
                     f"{match[0]} must name a level of {self.topic!r} other than '#' "
                     f"(levels 0 to {len(levels) - 1})",
                 )
-        self._levels = levels
         return self
 
 
@@ -240,28 +243,11 @@ class JsonRoute(RouteBase):
     readings: JsonPath | None = Field(None, description="Path of a list of reading objects.")
     timestamp: TimestampSpec | None = None
     fields: dict[str, JsonField] = Field(min_length=1)
-    _targets: tuple[Target, ...] = PrivateAttr()
-    _readings_keys: Keys | None = PrivateAttr()
-    _timestamp_keys: Keys | None = PrivateAttr()
 
-    @property
+    @cached_property
     def targets(self) -> tuple[Target, ...]:
         """Each mapped field with its compiled path and conversion."""
-        return self._targets
-
-    @property
-    def readings_keys(self) -> Keys | None:
-        """Compiled ``readings`` path; None when the payload object is one reading."""
-        return self._readings_keys
-
-    @property
-    def timestamp_keys(self) -> Keys | None:
-        """Compiled timestamp path inside each reading object; None without a timestamp."""
-        return self._timestamp_keys
-
-    @model_validator(mode="after")
-    def _compile(self) -> Self:
-        self._targets = tuple(
+        return tuple(
             _compile_target(
                 self.device_type,
                 name,
@@ -272,8 +258,20 @@ class JsonRoute(RouteBase):
             )
             for name, spec in self.fields.items()
         )
-        self._readings_keys = None if self.readings is None else _keys(self.readings)
-        self._timestamp_keys = None if self.timestamp is None else _keys(self.timestamp.path)
+
+    @cached_property
+    def readings_keys(self) -> Keys | None:
+        """Compiled ``readings`` path; None when the payload object is one reading."""
+        return None if self.readings is None else _keys(self.readings)
+
+    @cached_property
+    def timestamp_keys(self) -> Keys | None:
+        """Compiled timestamp path inside each reading object; None without a timestamp."""
+        return None if self.timestamp is None else _keys(self.timestamp.path)
+
+    @model_validator(mode="after")
+    def _compile(self) -> Self:
+        _ = self.targets  # compile, and so check, the fields once, at load time
         return self
 
 
@@ -282,21 +280,20 @@ class NumberRoute(RouteBase, ValueSpec):
 
     format: Literal["number"]
     field: str
-    _target: Target = PrivateAttr()
 
-    @property
+    @cached_property
     def target(self) -> Target:
         """The field fed, with its compiled conversion."""
-        return self._target
-
-    @model_validator(mode="after")
-    def _compile(self) -> Self:
         target = _compile_target(
             self.device_type, self.field, self, ("payload", ()), ("field",), ()
         )
         if target.kind == "text":
             raise ProfileRuleError(("field",), f"a number cannot feed text field {self.field!r}")
-        self._target = target
+        return target
+
+    @model_validator(mode="after")
+    def _compile(self) -> Self:
+        _ = self.target  # compile, and so check, the field once, at load time
         return self
 
 
@@ -305,15 +302,10 @@ class MetricsRoute(RouteBase):
 
     format: Literal["metrics"]
     metrics: dict[str, Metric] = Field(min_length=1, description="Metric name -> field fed.")
-    _targets: dict[str, Target] = PrivateAttr()
 
-    @property
+    @cached_property
     def targets(self) -> dict[str, Target]:
         """Metric name -> the field it feeds, with its compiled conversion."""
-        return self._targets
-
-    @model_validator(mode="after")
-    def _compile(self) -> Self:
         targets: dict[str, Target] = {}
         fed: set[str] = set()
         for name, spec in self.metrics.items():
@@ -324,7 +316,11 @@ class MetricsRoute(RouteBase):
             targets[name] = _compile_target(
                 self.device_type, spec.field, spec, (f"metric {name!r}", ()), (*loc, "field"), loc
             )
-        self._targets = targets
+        return targets
+
+    @model_validator(mode="after")
+    def _compile(self) -> Self:
+        _ = self.targets  # compile, and so check, the metrics once, at load time
         return self
 
 
@@ -514,7 +510,7 @@ def topic_matches(filter: str, topic: str) -> bool:
 def route_for(mapping: Mapping, topic: str) -> Route | None:
     """The first route of ``mapping`` whose filter matches the received ``topic``, or None."""
     levels = topic.split("/")
-    return next((route for route in mapping.routes if _matches(route._levels, levels)), None)
+    return next((route for route in mapping.routes if _matches(route.levels, levels)), None)
 
 
 def _matches(filter_levels: tuple[str, ...], levels: list[str]) -> bool:
