@@ -35,6 +35,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "d": ("bench_query.py", "query latency, a year of 1-s data"),
     "e": ("bench_rss.py", "RSS under sustained ingest"),
     "f": ("bench_polling.py", "polling 1,000 SunSpec devices over Modbus TCP"),
+    "g": ("bench_mqtt.py", "MQTT broker to stored record, QoS 1 and 0"),
 }
 
 

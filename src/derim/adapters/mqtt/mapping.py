@@ -17,7 +17,6 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-import annotated_types
 import yaml
 from pydantic import (
     AfterValidator,
@@ -398,13 +397,10 @@ def _compile_target(
     if spec.enum is not None:
         raise ProfileRuleError((*spec_loc, "enum"), f"{field!r} does not take an enum map")
     low, high, max_length = float("-inf"), float("inf"), None
-    for limit in cls.model_fields[field].metadata:
-        if isinstance(limit, annotated_types.Ge):
-            low = float(limit.ge)  # type: ignore[arg-type]  # Ge holds the field's float bound
-        elif isinstance(limit, annotated_types.Le):
-            high = float(limit.le)  # type: ignore[arg-type]
-        elif isinstance(limit, annotated_types.MaxLen):
-            max_length = limit.max_length
+    for limit in cls.model_fields[field].metadata:  # annotated_types Ge, Le and MaxLen
+        low = float(getattr(limit, "ge", low))
+        high = float(getattr(limit, "le", high))
+        max_length = getattr(limit, "max_length", max_length)
     kind = telemetry_fields()[field]
     if kind is not float:
         if converts:
