@@ -12,16 +12,15 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     model_validator,
 )
 
+from derim.adapters.yaml_model import Loc, RuleError, load_yaml_model
 from derim.errors import ConfigError
 from derim.models.command import CommandType
 from derim.models.common import ConnectorStatus, DeviceType, OperatingState
@@ -65,15 +64,6 @@ ENUM_FIELDS: dict[str, type[OperatingState] | type[ConnectorStatus]] = {
 """Canonical fields fed through an enum map, and the enumeration their values come from."""
 
 _NOT_FED = frozenset({"device_id", "timestamp", "quality"})
-Loc = tuple[str | int, ...]
-
-
-class ProfileRuleError(ValueError):
-    """A cross-field problem in a profile; ``loc`` is the path of the culprit below the profile."""
-
-    def __init__(self, loc: Loc, message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
 
 
 class _Strict(BaseModel):
@@ -244,10 +234,10 @@ class Profile(_Strict):
         spans += [(("controls", c), control) for c, control in enumerate(self.controls)]
         for loc, span in spans:
             if span.name in seen:
-                raise ProfileRuleError((*loc, "name"), f"duplicate point name {span.name!r}")
+                raise RuleError((*loc, "name"), f"duplicate point name {span.name!r}")
             seen.add(span.name)
             if span.count > self.read.max_registers:
-                raise ProfileRuleError(loc, f"{span.count} registers exceed read.max_registers")
+                raise RuleError(loc, f"{span.count} registers exceed read.max_registers")
         by_name = {point.name: point for point in self.points}
         fed: set[str] = set()
         for loc, point in self.located_points():
@@ -258,42 +248,42 @@ class Profile(_Strict):
 
 
 def _check_field(device_type: DeviceType, loc: Loc, point: Point, fed: set[str]) -> None:
-    """Raise ``ProfileRuleError`` unless ``point.field`` is a free field its data type can feed."""
+    """Raise ``RuleError`` unless ``point.field`` is a free field its data type can feed."""
     if point.field is None:
         if point.enum is not None:
-            raise ProfileRuleError((*loc, "enum"), "an enum map needs a state field")
+            raise RuleError((*loc, "enum"), "an enum map needs a state field")
         return
     cls = TELEMETRY_BY_DEVICE_TYPE[device_type]
     allowed = [name for name in cls.model_fields if name not in _NOT_FED]
     where = (*loc, "field")
     if point.field not in allowed:
-        raise ProfileRuleError(where, f"{point.field!r} is not a {cls.__name__} field: {allowed}")
+        raise RuleError(where, f"{point.field!r} is not a {cls.__name__} field: {allowed}")
     if point.field in fed:
-        raise ProfileRuleError(where, f"field {point.field!r} is fed by two points")
+        raise RuleError(where, f"field {point.field!r} is fed by two points")
     fed.add(point.field)
     kind = telemetry_fields()[point.field]
     enum_cls = ENUM_FIELDS.get(point.field)
     if enum_cls is not None:
         if point.enum is None:
-            raise ProfileRuleError(where, f"{point.field!r} needs an enum map")
+            raise RuleError(where, f"{point.field!r} needs an enum map")
         values = {member.value for member in enum_cls}
         for raw, value in point.enum.items():
             if value not in values:
-                raise ProfileRuleError((*loc, "enum", raw), f"{value!r} is not in {sorted(values)}")
+                raise RuleError((*loc, "enum", raw), f"{value!r} is not in {sorted(values)}")
     elif point.enum is not None:
-        raise ProfileRuleError((*loc, "enum"), f"{point.field!r} does not take an enum map")
+        raise RuleError((*loc, "enum"), f"{point.field!r} does not take an enum map")
     elif (kind is str) != (point.data_type == "string"):
-        raise ProfileRuleError(where, f"{point.field!r} cannot be fed by a {point.data_type} point")
+        raise RuleError(where, f"{point.field!r} cannot be fed by a {point.data_type} point")
     elif kind is int and not (point.data_type in INTEGER_RANGES and _unscaled(point)):
-        raise ProfileRuleError(where, f"{point.field!r} needs an unscaled integer point")
+        raise RuleError(where, f"{point.field!r} needs an unscaled integer point")
 
 
 def _check_scale_factor(loc: Loc, target: Point | None, name: str) -> None:
-    """Raise ``ProfileRuleError`` unless ``target`` is an unscaled one-register integer point."""
+    """Raise ``RuleError`` unless ``target`` is an unscaled one-register integer point."""
     if target is None:
-        raise ProfileRuleError((*loc, "scale_factor"), f"no point named {name!r}")
+        raise RuleError((*loc, "scale_factor"), f"no point named {name!r}")
     if target.data_type not in ("s16", "u16") or not _unscaled(target):
-        raise ProfileRuleError((*loc, "scale_factor"), f"{name!r} must be an unscaled s16 or u16")
+        raise RuleError((*loc, "scale_factor"), f"{name!r} must be an unscaled s16 or u16")
 
 
 def shipped_profile(name: str) -> Profile:
@@ -316,45 +306,4 @@ def load_profile(path: str | Path) -> Profile:
 
 def load_profile_text(text: str, source: str = "<string>") -> Profile:
     """Validate the YAML profile ``text``; ``source`` names it in ``ConfigError`` messages."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.context_mark or exc.problem_mark
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
-    finally:
-        loader.dispose()
-    try:
-        return Profile.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            cause = err.get("ctx", {}).get("error")
-            loc: Loc = tuple(err["loc"]) + (
-                cause.loc if isinstance(cause, ProfileRuleError) else ()
-            )
-            message = str(cause) if isinstance(cause, ValueError) else err["msg"]
-            path = ".".join(str(part) for part in loc) or "(top level)"
-            problems.append(f"{path} (line {_line(root, loc)}): {message}")
-        raise ConfigError(f"{source}: invalid device profile: {'; '.join(problems)}") from exc
-
-
-def _line(node: yaml.Node | None, loc: Loc) -> int:
-    """1-based line where the deepest YAML node along ``loc`` starts (1 for an empty document)."""
-    if node is None:
-        return 1
-    for part in loc:
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if str(k.value) == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            child = node.value[part] if 0 <= part < len(node.value) else None
-        if child is None:
-            break
-        node = child
-    return int(node.start_mark.line) + 1
+    return load_yaml_model(text, source, Profile, "device profile")

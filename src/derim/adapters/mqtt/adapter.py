@@ -114,7 +114,6 @@ class MqttAdapter(Adapter):
                 records += await self._records(message)
             except ProtocolError as exc:
                 rejects.append(_reject(message, str(exc)))
-        self.counters.messages += len(batch)
         if records:
             await _until_done(lambda: publish(records), "store records")
             self.counters.records += len(records)
@@ -122,6 +121,7 @@ class MqttAdapter(Adapter):
             await _until_done(lambda: self.rejects.add(rejects), "store rejects")
             self.counters.rejected += len(rejects)
             log.warning("mqtt: %d message(s) rejected, first: %s", len(rejects), rejects[0].reason)
+        self.counters.messages += len(batch)
 
     async def _records(self, message: Message) -> list[DERTelemetry]:
         route = None

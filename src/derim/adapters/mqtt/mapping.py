@@ -17,25 +17,15 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-import yaml
 from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
-    ValidationError,
     model_validator,
 )
 
-from derim.adapters.modbus.profile import (
-    _NOT_FED,
-    ENUM_FIELDS,
-    Loc,
-    Name,
-    ProfileRuleError,
-    _inherit,
-    _line,
-    _Strict,
-)
+from derim.adapters.modbus.profile import _NOT_FED, ENUM_FIELDS, Name, _inherit, _Strict
+from derim.adapters.yaml_model import Loc, RuleError, load_yaml_model
 from derim.errors import ConfigError
 from derim.models.common import ID_PATTERN, MAX_ID_LENGTH, DeviceType
 from derim.models.standards import standard_names
@@ -180,7 +170,7 @@ class ValueSpec(_Strict):
     @model_validator(mode="after")
     def _check_scale(self) -> Self:
         if self.scale == 0:
-            raise ProfileRuleError(("scale",), "scale must not be 0")
+            raise RuleError(("scale",), "scale must not be 0")
         return self
 
 
@@ -227,7 +217,7 @@ class RouteBase(_Strict):
         for match in _PLACEHOLDER.finditer(self.device_id):
             index = int(match[1])
             if index >= len(levels) or levels[index] == "#":
-                raise ProfileRuleError(
+                raise RuleError(
                     ("device_id",),
                     f"{match[0]} must name a level of {self.topic!r} other than '#' "
                     f"(levels 0 to {len(levels) - 1})",
@@ -287,7 +277,7 @@ class NumberRoute(RouteBase, ValueSpec):
             self.device_type, self.field, self, ("payload", ()), ("field",), ()
         )
         if target.kind == "text":
-            raise ProfileRuleError(("field",), f"a number cannot feed text field {self.field!r}")
+            raise RuleError(("field",), f"a number cannot feed text field {self.field!r}")
         return target
 
     @model_validator(mode="after")
@@ -310,7 +300,7 @@ class MetricsRoute(RouteBase):
         for name, spec in self.metrics.items():
             loc = ("metrics", name)
             if spec.field in fed:
-                raise ProfileRuleError((*loc, "field"), f"field {spec.field!r} is fed twice")
+                raise RuleError((*loc, "field"), f"field {spec.field!r} is fed twice")
             fed.add(spec.field)
             targets[name] = _compile_target(
                 self.device_type, spec.field, spec, (f"metric {name!r}", ()), (*loc, "field"), loc
@@ -338,7 +328,7 @@ class CommandTopics(_Strict):
     @model_validator(mode="after")
     def _check_placeholder(self) -> Self:
         if "{device_id}" not in self.topic:
-            raise ProfileRuleError(("topic",), "the command topic must contain {device_id}")
+            raise RuleError(("topic",), "the command topic must contain {device_id}")
         return self
 
 
@@ -361,7 +351,7 @@ class Mapping(_Strict):
         seen: set[str] = set()
         for n, route in enumerate(self.routes):
             if route.topic in seen:
-                raise ProfileRuleError(("routes", n, "topic"), f"{route.topic!r} is routed twice")
+                raise RuleError(("routes", n, "topic"), f"{route.topic!r} is routed twice")
             seen.add(route.topic)
         return self
 
@@ -376,26 +366,26 @@ def _compile_target(
 ) -> Target:
     """Compile ``spec`` feeding ``field`` from ``source`` (a description and the JSON path).
 
-    Raise ``ProfileRuleError`` at ``field_loc`` or ``spec_loc`` if the spec cannot feed the field.
+    Raise ``RuleError`` at ``field_loc`` or ``spec_loc`` if the spec cannot feed the field.
     """
     cls = TELEMETRY_BY_DEVICE_TYPE[device_type]
     allowed = [name for name in cls.model_fields if name not in _NOT_FED]
     if field not in allowed:
-        raise ProfileRuleError(field_loc, f"{field!r} is not a {cls.__name__} field: {allowed}")
+        raise RuleError(field_loc, f"{field!r} is not a {cls.__name__} field: {allowed}")
     converts = spec.unit is not None or spec.scale != 1 or spec.offset != 0
     enum_cls = ENUM_FIELDS.get(field)
     if enum_cls is not None:
         if spec.enum is None:
-            raise ProfileRuleError(field_loc, f"{field!r} needs an enum map")
+            raise RuleError(field_loc, f"{field!r} needs an enum map")
         if converts:
-            raise ProfileRuleError(spec_loc, f"{field!r} takes no unit, scale or offset")
+            raise RuleError(spec_loc, f"{field!r} takes no unit, scale or offset")
         values = sorted(member.value for member in enum_cls)
         for code, value in spec.enum.items():
             if value not in values:
-                raise ProfileRuleError((*spec_loc, "enum", code), f"{value!r} is not in {values}")
+                raise RuleError((*spec_loc, "enum", code), f"{value!r} is not in {values}")
         return Target(field, "enum", *source, enum=dict(spec.enum))
     if spec.enum is not None:
-        raise ProfileRuleError((*spec_loc, "enum"), f"{field!r} does not take an enum map")
+        raise RuleError((*spec_loc, "enum"), f"{field!r} does not take an enum map")
     low, high, max_length = float("-inf"), float("inf"), None
     for limit in cls.model_fields[field].metadata:  # annotated_types Ge, Le and MaxLen
         low = float(getattr(limit, "ge", low))
@@ -404,7 +394,7 @@ def _compile_target(
     kind = telemetry_fields()[field]
     if kind is not float:
         if converts:
-            raise ProfileRuleError(spec_loc, f"{field!r} takes its value as is: no unit or scale")
+            raise RuleError(spec_loc, f"{field!r} takes its value as is: no unit or scale")
         return Target(
             field,
             "integer" if kind is int else "text",
@@ -425,7 +415,7 @@ def _compile_target(
                 if units
                 else f"{field!r} is dimensionless: leave unit out"
             )
-            raise ProfileRuleError((*spec_loc, "unit"), problem)
+            raise RuleError((*spec_loc, "unit"), problem)
     power = 10.0 ** abs(exponent)
     factor = spec.scale * power if exponent >= 0 else spec.scale / power
     shift = spec.offset * power if exponent >= 0 else spec.offset / power
@@ -464,34 +454,14 @@ def load_mapping(path: str | Path) -> Mapping:
 
 def load_mapping_text(text: str, source: str = "<string>") -> Mapping:
     """Validate the YAML mapping ``text``; ``source`` names it in ``ConfigError`` messages."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.context_mark or exc.problem_mark
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
-    finally:
-        loader.dispose()
-    try:
-        return Mapping.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            cause = err.get("ctx", {}).get("error")
-            loc: Loc = tuple(err["loc"])
-            if loc[:1] == ("routes",) and len(loc) > 2 and loc[2] in _FORMATS:
-                loc = loc[:2] + loc[3:]  # drop the union tag Pydantic adds after routes.<n>
-            if isinstance(cause, ProfileRuleError):
-                loc += cause.loc
-            message = str(cause) if isinstance(cause, ValueError) else err["msg"]
-            path = ".".join(str(part) for part in loc) or "(top level)"
-            problems.append(f"{path} (line {_line(root, loc)}): {message}")
-        raise ConfigError(f"{source}: invalid MQTT mapping: {'; '.join(problems)}") from exc
+    return load_yaml_model(text, source, Mapping, "MQTT mapping", _without_route_tag)
+
+
+def _without_route_tag(loc: Loc) -> Loc:
+    """``loc`` without the union tag Pydantic adds after ``routes.<n>``."""
+    if loc[:1] == ("routes",) and len(loc) > 2 and loc[2] in _FORMATS:
+        return loc[:2] + loc[3:]
+    return loc
 
 
 def topic_matches(filter: str, topic: str) -> bool:

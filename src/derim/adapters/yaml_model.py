@@ -1,0 +1,78 @@
+"""YAML documents validated by a Pydantic model, with errors naming the file, the field path and
+the YAML line where the offending item starts (device profiles, MQTT mappings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from derim.errors import ConfigError
+
+Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+
+class RuleError(ValueError):
+    """A cross-field problem in a document; ``loc`` is the path of the culprit below the model
+    that raised it."""
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def load_yaml_model(
+    text: str,
+    source: str,
+    model: type[M],
+    kind: str,
+    tidy: Callable[[Loc], Loc] = lambda loc: loc,
+) -> M:
+    """Parse ``text`` and validate it as ``model``; ``ConfigError`` naming ``source`` (and the
+    ``kind`` of document) with every problem's path and line. ``tidy`` rewrites Pydantic's error
+    paths (to drop a union's tag, say) before they are shown."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.context_mark or exc.problem_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            cause = err.get("ctx", {}).get("error")
+            loc = tidy(tuple(err["loc"]))
+            if isinstance(cause, RuleError):
+                loc += cause.loc
+            message = str(cause) if isinstance(cause, ValueError) else err["msg"]
+            path = ".".join(str(part) for part in loc) or "(top level)"
+            problems.append(f"{path} (line {yaml_line(root, loc)}): {message}")
+        raise ConfigError(f"{source}: invalid {kind}: {'; '.join(problems)}") from exc
+
+
+def yaml_line(node: yaml.Node | None, loc: Loc) -> int:
+    """1-based line where the deepest YAML node along ``loc`` starts (1 for an empty document)."""
+    if node is None:
+        return 1
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if str(k.value) == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if 0 <= part < len(node.value) else None
+        if child is None:
+            break
+        node = child
+    return int(node.start_mark.line) + 1
