@@ -54,7 +54,11 @@ class Mosquitto:
         max_inflight_messages: int = 1000,
         max_queued_messages: int = 2_000_000,
         autosave_interval_s: int = 1,
+        password_file: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """``password_file`` (from ``mosquitto_passwd``) turns anonymous access off; ``tls``
+        (certificate and key files) makes the listener MQTT over TLS."""
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError(MISSING)
@@ -69,10 +73,15 @@ class Mosquitto:
         # As root, mosquitto drops to user `mosquitto` unless told otherwise, and could then not
         # write its database here; as any other user the option has no effect.
         user = pwd.getpwuid(os.geteuid()).pw_name
+        self.tls = tls is not None
+        access = "allow_anonymous true\n"
+        if password_file is not None:
+            access = f"allow_anonymous false\npassword_file {password_file}\n"
+        if tls is not None:
+            access += f"certfile {tls[0]}\nkeyfile {tls[1]}\n"
         self.config_path.write_text(
             f"""listener {self.port} {self.host}
-allow_anonymous true
-user {user}
+{access}user {user}
 persistence true
 persistence_location {self.data_dir}/
 autosave_interval {autosave_interval_s}
@@ -91,8 +100,8 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 
     @property
     def url(self) -> str:
-        """``mqtt://127.0.0.1:PORT``."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://127.0.0.1:PORT`` (``mqtts://`` with TLS)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def persistence_file(self) -> Path:

@@ -198,7 +198,8 @@ class MqttClient:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self.connected = self.subscribed = False
-        if reason.is_failure:
+        refused = (self.last_error or "").startswith("connection refused")
+        if reason.is_failure and not refused:  # a refusal says more than the disconnect after it
             self.last_error = f"disconnected: {reason}"
             log.warning("mqtt %s:%d disconnected: %s", self.host, self.port, reason)
 
