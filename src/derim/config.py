@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     mqtt_protocol: Literal["5", "3.1.1"] = _setting("5", "mqtt_protocol")
     mqtt_qos: int = _setting(1, "mqtt_qos", ge=0, le=1)
     mqtt_session_expiry_s: int = _setting(86_400, "mqtt_session_expiry_s", ge=0)
-    mqtt_receive_maximum: int = _setting(2_000, "mqtt_receive_maximum", ge=1, le=65_535)
+    mqtt_receive_maximum: int = _setting(10_000, "mqtt_receive_maximum", ge=1, le=65_535)
     """QoS 1 messages the broker may send before DERIM has stored and acknowledged them."""
     mqtt_shared_group: str | None = _setting(None, "mqtt_shared_group", pattern=r"^[^/+#]+$")
     """Subscribe as ``$share/<group>/...`` so that instances split the stream (MQTT 5)."""

@@ -21,7 +21,13 @@ from pydantic import ValidationError
 from derim.adapters.base import Adapter, ConnectionState, DeviceStatus, Publish
 from derim.adapters.mqtt.client import Message, MqttClient
 from derim.adapters.mqtt.decode import Reading, decode
-from derim.adapters.mqtt.mapping import CommandTopics, Mapping, route_for, topic_matches
+from derim.adapters.mqtt.mapping import (
+    CommandTopics,
+    Mapping,
+    Route,
+    route_for,
+    topic_matches,
+)
 from derim.errors import DerimError, InvalidRequestError, ProtocolError, TransportError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus
 from derim.models.device import DERDevice, MqttConnection
@@ -31,6 +37,8 @@ from derim.storage.rejects import Reject, RejectStore
 
 log = logging.getLogger(__name__)
 
+ROUTE_CACHE_SIZE = 100_000
+"""Topics whose route is remembered; the cache starts over when full."""
 RETRY_S = 1.0
 """Pause before storing a batch again after storage refused it (s)."""
 
@@ -67,6 +75,7 @@ class MqttAdapter(Adapter):
         self._last_seen: dict[str, datetime] = {}
         self._responses: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._response_filters = MqttAdapter.filters(self.mappings, None)[1]
+        self._routes: dict[str, Route | None] = {}
 
     @staticmethod
     def filters(
@@ -124,11 +133,7 @@ class MqttAdapter(Adapter):
         self.counters.messages += len(batch)
 
     async def _records(self, message: Message) -> list[DERTelemetry]:
-        route = None
-        for mapping in self.mappings:
-            route = route_for(mapping, message.topic)
-            if route is not None:
-                break
+        route = self._route(message.topic)
         if route is None:
             raise ProtocolError(f"no mapping for topic {message.topic!r}")
         arrived = datetime.fromtimestamp(message.received_at, UTC)
@@ -138,6 +143,20 @@ class MqttAdapter(Adapter):
             records.append(_record(reading, arrived))
             self._last_seen[reading.device_id] = arrived
         return records
+
+    def _route(self, topic: str) -> Route | None:
+        """The first route of the mappings that takes ``topic``, remembered per topic."""
+        if topic in self._routes:
+            return self._routes[topic]
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        route = None
+        for mapping in self.mappings:
+            route = route_for(mapping, topic)
+            if route is not None:
+                break
+        self._routes[topic] = route
+        return route
 
     async def _known(self, reading: Reading, topic: str) -> None:
         """Check (or register) the reading's device; ``ProtocolError`` if it cannot be taken."""

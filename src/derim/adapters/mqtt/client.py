@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
 """paho's reconnect backoff: doubling from 1 s, at most 30 s."""
+MAX_BATCH = 5_000
+"""Messages handed to the event loop at once, so one batch never blocks it for long."""
+MAX_INBOX = 50_000
+"""Messages waiting for the event loop; past this paho's thread stops reading from the socket
+until the loop catches up (TCP pushes back on the broker), so QoS 0 floods cannot exhaust memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +94,10 @@ class MqttClient:
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         self._lock = threading.RLock()
+        self._drained = threading.Condition(self._lock)
         self._inbox: list[Message] = []
         self._woken = False
+        self._stopping = False
         self._ready = asyncio.Event()
         self._published: dict[int, asyncio.Future[None]] = {}
         self._published_early: set[int] = set()
@@ -118,6 +125,9 @@ class MqttClient:
 
     async def stop(self) -> None:
         """Disconnect and stop paho's thread (the broker keeps the session)."""
+        with self._lock:
+            self._stopping = True
+            self._drained.notify()
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
         self.connected = False
@@ -126,8 +136,12 @@ class MqttClient:
         """The messages received since the last call, waiting for at least one."""
         while True:
             with self._lock:
-                batch, self._inbox = self._inbox, []
+                batch = self._inbox[:MAX_BATCH]
+                del self._inbox[:MAX_BATCH]
+                self._drained.notify()
                 if batch:
+                    if self._inbox:
+                        self._ready.set()
                     return batch
                 self._woken = False
                 self._ready.clear()
@@ -216,6 +230,8 @@ class MqttClient:
             correlation=correlation,
         )
         with self._lock:
+            while len(self._inbox) >= MAX_INBOX and not self._stopping:
+                self._drained.wait(timeout=1.0)
             self._inbox.append(item)
             if self._woken:
                 return
