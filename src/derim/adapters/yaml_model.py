@@ -4,15 +4,30 @@ the YAML line where the offending item starts (device profiles, MQTT mappings)."
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from derim.errors import ConfigError
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """A document section: unknown keys, NaN and infinity refused; immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+def inherit(data: Any, key: str, names: tuple[str, ...]) -> Any:
+    """Copy settings ``names`` of ``data`` into each mapping in ``data[key]`` that lacks them."""
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        return data
+    inherited = {name: data[name] for name in names if name in data}
+    children = [inherited | child if isinstance(child, dict) else child for child in data[key]]
+    return data | {key: children}
 
 
 class RuleError(ValueError):

@@ -227,6 +227,14 @@ TELEMETRY_BY_DEVICE_TYPE: dict[DeviceType, type[DERTelemetry]] = {
 }
 """Which telemetry class validates readings of each device type."""
 
+ENUM_FIELDS: dict[str, type[OperatingState] | type[ConnectorStatus]] = {
+    "state": OperatingState,
+    "connector_status": ConnectorStatus,
+}
+"""Canonical fields whose values come from an enumeration, and that enumeration."""
+METADATA_FIELDS = frozenset({"device_id", "timestamp", "quality"})
+"""Fields of a record that say whose and when, not what was measured."""
+
 
 def telemetry_fields() -> dict[str, type]:
     """Every measurement field across all telemetry classes, with its Python value type.

@@ -18,7 +18,6 @@ from typing import cast
 from pymodbus.client.mixin import ModbusClientMixin
 
 from derim.adapters.modbus.profile import (
-    ENUM_FIELDS,
     INTEGER_RANGES,
     ControlPoint,
     Point,
@@ -27,7 +26,7 @@ from derim.adapters.modbus.profile import (
     RegisterType,
 )
 from derim.errors import ConfigError, InvalidRequestError, ProtocolError
-from derim.models.telemetry import telemetry_fields
+from derim.models.telemetry import ENUM_FIELDS, telemetry_fields
 
 _DT = ModbusClientMixin.DATATYPE
 _DATATYPES = {

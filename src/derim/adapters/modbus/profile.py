@@ -13,18 +13,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     model_validator,
 )
 
-from derim.adapters.yaml_model import Loc, RuleError, load_yaml_model
+from derim.adapters.yaml_model import Loc, RuleError, StrictModel, inherit, load_yaml_model
 from derim.errors import ConfigError
 from derim.models.command import CommandType
-from derim.models.common import ConnectorStatus, DeviceType, OperatingState
-from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, telemetry_fields
+from derim.models.common import DeviceType
+from derim.models.telemetry import (
+    ENUM_FIELDS,
+    METADATA_FIELDS,
+    TELEMETRY_BY_DEVICE_TYPE,
+    telemetry_fields,
+)
 
 RegisterType = Literal["holding", "input"]
 Order = Literal["big", "little"]
@@ -57,29 +60,8 @@ _FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "f64": (-1e308, 1e308),
 }
 
-ENUM_FIELDS: dict[str, type[OperatingState] | type[ConnectorStatus]] = {
-    "state": OperatingState,
-    "connector_status": ConnectorStatus,
-}
-"""Canonical fields fed through an enum map, and the enumeration their values come from."""
 
-_NOT_FED = frozenset({"device_id", "timestamp", "quality"})
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
-
-
-def _inherit(data: Any, key: str, names: tuple[str, ...]) -> Any:
-    """Copy settings ``names`` of ``data`` into each mapping in ``data[key]`` that lacks them."""
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        return data
-    inherited = {name: data[name] for name in names if name in data}
-    children = [inherited | child if isinstance(child, dict) else child for child in data[key]]
-    return data | {key: children}
-
-
-class RegisterSpan(_Strict):
+class RegisterSpan(StrictModel):
     """Where a value lives: address, register type, data type and layout."""
 
     name: Name
@@ -176,14 +158,14 @@ class ControlPoint(RegisterSpan):
         return self
 
 
-class ReadSettings(_Strict):
+class ReadSettings(StrictModel):
     """How reads may be coalesced for this device."""
 
     max_registers: int = Field(125, ge=1, le=125, description="Registers per read request.")
     max_gap: int = Field(10, ge=0, le=125, description="Unused registers a request may bridge.")
 
 
-class Block(_Strict):
+class Block(StrictModel):
     """Points sharing a register type and unit id; its layout settings are the points' defaults."""
 
     register_type: RegisterType = "holding"
@@ -195,10 +177,10 @@ class Block(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _pass_defaults(cls, data: Any) -> Any:
-        return _inherit(data, "points", ("register_type", "unit_id", "word_order", "byte_order"))
+        return inherit(data, "points", ("register_type", "unit_id", "word_order", "byte_order"))
 
 
-class Profile(_Strict):
+class Profile(StrictModel):
     """A device profile: register map, scaling, canonical fields and control points."""
 
     name: Name
@@ -224,8 +206,8 @@ class Profile(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _pass_orders(cls, data: Any) -> Any:
-        data = _inherit(data, "blocks", ("word_order", "byte_order"))
-        return _inherit(data, "controls", ("word_order", "byte_order"))
+        data = inherit(data, "blocks", ("word_order", "byte_order"))
+        return inherit(data, "controls", ("word_order", "byte_order"))
 
     @model_validator(mode="after")
     def _check_references(self) -> Profile:
@@ -254,7 +236,7 @@ def _check_field(device_type: DeviceType, loc: Loc, point: Point, fed: set[str])
             raise RuleError((*loc, "enum"), "an enum map needs a state field")
         return
     cls = TELEMETRY_BY_DEVICE_TYPE[device_type]
-    allowed = [name for name in cls.model_fields if name not in _NOT_FED]
+    allowed = [name for name in cls.model_fields if name not in METADATA_FIELDS]
     where = (*loc, "field")
     if point.field not in allowed:
         raise RuleError(where, f"{point.field!r} is not a {cls.__name__} field: {allowed}")

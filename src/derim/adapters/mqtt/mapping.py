@@ -24,12 +24,17 @@ from pydantic import (
     model_validator,
 )
 
-from derim.adapters.modbus.profile import _NOT_FED, ENUM_FIELDS, Name, _inherit, _Strict
-from derim.adapters.yaml_model import Loc, RuleError, load_yaml_model
+from derim.adapters.modbus.profile import Name
+from derim.adapters.yaml_model import Loc, RuleError, StrictModel, inherit, load_yaml_model
 from derim.errors import ConfigError
 from derim.models.common import ID_PATTERN, MAX_ID_LENGTH, DeviceType
 from derim.models.standards import standard_names
-from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, telemetry_fields
+from derim.models.telemetry import (
+    ENUM_FIELDS,
+    METADATA_FIELDS,
+    TELEMETRY_BY_DEVICE_TYPE,
+    telemetry_fields,
+)
 
 TimestampFormat = Literal["iso8601", "epoch_s", "epoch_ms", "auto"]
 Keys = tuple[str | int, ...]
@@ -159,7 +164,7 @@ CommandTopic = Annotated[str, AfterValidator(_check_command_topic)]
 EnumMap = Annotated[dict[str, str], BeforeValidator(_enum_codes)]
 
 
-class ValueSpec(_Strict):
+class ValueSpec(StrictModel):
     """How a raw value becomes canonical: ``raw * scale + offset`` in ``unit``, or an enum code."""
 
     unit: str | None = Field(None, description="Unit of the scaled value; None: canonical.")
@@ -186,7 +191,7 @@ class Metric(ValueSpec):
     field: str
 
 
-class TimestampSpec(_Strict):
+class TimestampSpec(StrictModel):
     """Where a reading's timestamp is, and how it is written.
 
     ``auto``: a string is ISO 8601, a number epoch milliseconds above 1e11 and epoch seconds
@@ -197,7 +202,7 @@ class TimestampSpec(_Strict):
     format: TimestampFormat = "auto"
 
 
-class RouteBase(_Strict):
+class RouteBase(StrictModel):
     """What every route has: the subscription filter and who the device is."""
 
     topic: TopicFilter = Field(description="MQTT subscription filter; + and # wildcards.")
@@ -317,7 +322,7 @@ Route = JsonRoute | NumberRoute | MetricsRoute
 _FORMATS = ("json", "number", "metrics")
 
 
-class CommandTopics(_Strict):
+class CommandTopics(StrictModel):
     """Where commands to a device are published and answered; ``{device_id}`` names the device."""
 
     topic: CommandTopic
@@ -332,7 +337,7 @@ class CommandTopics(_Strict):
         return self
 
 
-class Mapping(_Strict):
+class Mapping(StrictModel):
     """An MQTT mapping: routes from topics and payloads to canonical fields, and command topics."""
 
     name: Name
@@ -344,7 +349,7 @@ class Mapping(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _pass_device_type(cls, data: Any) -> Any:
-        return _inherit(data, "routes", ("device_type",))
+        return inherit(data, "routes", ("device_type",))
 
     @model_validator(mode="after")
     def _check_topics(self) -> Self:
@@ -369,7 +374,7 @@ def _compile_target(
     Raise ``RuleError`` at ``field_loc`` or ``spec_loc`` if the spec cannot feed the field.
     """
     cls = TELEMETRY_BY_DEVICE_TYPE[device_type]
-    allowed = [name for name in cls.model_fields if name not in _NOT_FED]
+    allowed = [name for name in cls.model_fields if name not in METADATA_FIELDS]
     if field not in allowed:
         raise RuleError(field_loc, f"{field!r} is not a {cls.__name__} field: {allowed}")
     converts = spec.unit is not None or spec.scale != 1 or spec.offset != 0
