@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from derim.sim.processes import stop_process
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 CACHE_DIR = BENCH_DIR / ".cache"
@@ -231,14 +233,7 @@ class ServerProcess:
     def stop(self) -> None:
         """Terminate the child (SIGTERM, then SIGKILL after a grace period)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(process, STOP_TIMEOUT_S)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the child printed."""

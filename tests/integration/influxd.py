@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from derim.sim.processes import stop_process
+
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 MISSING = (
@@ -118,14 +120,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def stop(self) -> None:
         """Terminate the server (kill it if it does not exit in time); data stays in ``root``."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, STOP_TIMEOUT_S)
 
     def _log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():

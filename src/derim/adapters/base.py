@@ -22,7 +22,7 @@ from typing import ClassVar
 from pydantic import ValidationError
 
 from derim.errors import AdapterError, ProtocolError, TransportError
-from derim.models.command import CommandRequest, CommandResult
+from derim.models.command import CommandRequest, CommandResult, CommandStatus
 from derim.models.common import Quality
 from derim.models.telemetry import DERTelemetry
 
@@ -86,6 +86,21 @@ def canonical_reading(
     except ValidationError as exc:
         problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
         raise ProtocolError(f"device reported out-of-range values: {problems}") from exc
+
+
+def read_back_result(
+    device_id: str, command: CommandRequest, confirmed: bool, message: str
+) -> CommandResult:
+    """The record of a command checked by reading the device back: ``acknowledged`` only when
+    the device holds what was written, else ``failed``."""
+    status = CommandStatus.ACKNOWLEDGED if confirmed else CommandStatus.FAILED
+    return CommandResult(
+        device_id=device_id,
+        request=command,
+        status=status,
+        message=message,
+        history=[(status, datetime.now(UTC))],
+    )
 
 
 class Adapter(abc.ABC):

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from derim.sim.processes import stop_process
+
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 FALLBACK_BINARY = "/usr/sbin/mosquitto"
@@ -140,14 +142,7 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
     def stop(self) -> None:
         """SIGTERM (the broker saves its database) and wait; SIGKILL if it does not exit."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, STOP_TIMEOUT_S)
 
     def restart(self) -> None:
         """Stop gracefully and start again on the same port with the same data."""

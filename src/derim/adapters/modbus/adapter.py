@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from derim.adapters.base import PollingAdapter, PollSettings, canonical_reading
+from derim.adapters.base import (
+    PollingAdapter,
+    PollSettings,
+    canonical_reading,
+    read_back_result,
+)
 from derim.adapters.modbus.codec import (
     MISSING,
     ReadRequest,
@@ -20,7 +24,7 @@ from derim.adapters.modbus.codec import (
 from derim.adapters.modbus.profile import ControlPoint, Profile
 from derim.adapters.modbus.transport import ModbusTransport
 from derim.errors import InvalidRequestError
-from derim.models.command import CommandRequest, CommandResult, CommandStatus
+from derim.models.command import CommandRequest, CommandResult
 from derim.models.common import Quality
 from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
 
@@ -118,16 +122,11 @@ class ModbusAdapter(PollingAdapter):
         await self.transport.write(point.address, registers, self.unit_id)
         request = ReadRequest("holding", point.unit_id, point.address, point.count)
         echoed = decode_point(await self.transport.read(request, self.unit_id), point)
-        result = CommandResult(device_id=self.device_id, request=command)
         written = decode_point(registers, point)
         if echoed is MISSING or not _same(echoed, written):
-            result.status = CommandStatus.FAILED
-            result.message = f"{point.name}: wrote {written!r}, device reads back {echoed!r}"
-        else:
-            result.status = CommandStatus.ACKNOWLEDGED
-            result.message = f"{point.name} set and read back"
-        result.history.append((result.status, datetime.now(UTC)))
-        return result
+            message = f"{point.name}: wrote {written!r}, device reads back {echoed!r}"
+            return read_back_result(self.device_id, command, False, message)
+        return read_back_result(self.device_id, command, True, f"{point.name} set and read back")
 
     def _control(self, command: CommandRequest) -> ControlPoint:
         name = command.parameters.get("point")

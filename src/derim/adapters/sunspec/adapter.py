@@ -8,9 +8,13 @@ DERIM maps in full, so scale factors always come from the same read as the value
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
-from derim.adapters.base import PollingAdapter, PollSettings, canonical_reading
+from derim.adapters.base import (
+    PollingAdapter,
+    PollSettings,
+    canonical_reading,
+    read_back_result,
+)
 from derim.adapters.modbus.codec import ReadRequest
 from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec import controls
@@ -29,7 +33,7 @@ from derim.adapters.sunspec.discovery import (
 )
 from derim.adapters.sunspec.models import HEADER_SIZE
 from derim.errors import AdapterError, DeviceRejected, InvalidRequestError, ProtocolError
-from derim.models.command import CommandRequest, CommandResult, CommandStatus
+from derim.models.command import CommandRequest, CommandResult
 from derim.models.common import DeviceType, Quality
 from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
 
@@ -150,16 +154,12 @@ class SunSpecAdapter(PollingAdapter):
             await self.transport.write(address, registers, self.unit_id)
         after = decode_model(entry.model_id, await self._read(entry.address, size))
         wrong = controls.read_back_matches(entry.model_id, written, after)
-        result = CommandResult(device_id=self.device_id, request=command)
         shown = ", ".join(f"{path}={value:g}" for path, value in written.items())
         if wrong:
-            result.status = CommandStatus.FAILED
-            result.message = f"model {entry.model_id} wrote {shown}; device reads back {wrong}"
-        else:
-            result.status = CommandStatus.ACKNOWLEDGED
-            result.message = f"model {entry.model_id} {shown} set and read back"
-        result.history.append((result.status, datetime.now(UTC)))
-        return result
+            message = f"model {entry.model_id} wrote {shown}; device reads back {wrong}"
+            return read_back_result(self.device_id, command, False, message)
+        message = f"model {entry.model_id} {shown} set and read back"
+        return read_back_result(self.device_id, command, True, message)
 
     def _entry(self, model_id: int) -> ModelEntry:
         for entry in self.models:
