@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from derim.adapters.base import Adapter, ConnectionState, DeviceStatus, Publish
+from derim.adapters.base import ConnectionState, DeviceStatus, Publish
 from derim.adapters.mqtt.client import Message, MqttClient
 from derim.adapters.mqtt.decode import Reading, decode
 from derim.adapters.mqtt.mapping import (
@@ -52,10 +52,12 @@ class MqttCounters:
     rejected: int = 0
 
 
-class MqttAdapter(Adapter):
-    """Ingests one broker through ``mappings`` and publishes commands to MQTT devices."""
+class MqttAdapter:
+    """Ingests one broker through ``mappings`` and publishes commands to MQTT devices.
 
-    protocol = "mqtt"
+    One adapter serves every MQTT device (they share the broker connection), so commands name
+    their device: ``send_to(device, command)``.
+    """
 
     def __init__(
         self,
@@ -178,13 +180,6 @@ class MqttAdapter(Adapter):
                 f" {reading.device_type.value}"
             )
 
-    def validate(self, command: CommandRequest) -> None:
-        """Commands need no check beyond the mapping having a command topic (see ``send``)."""
-
-    async def send(self, command: CommandRequest) -> CommandResult:
-        """Not used: MQTT commands go through ``send_to`` (they need the device)."""
-        raise InvalidRequestError("device_id", "an MQTT command needs its device")
-
     def commands_for(self, device: DERDevice) -> CommandTopics:
         """The command topics of the mapping that carries ``device``; ``InvalidRequestError`` if
         it has none."""
@@ -271,9 +266,6 @@ class MqttAdapter(Adapter):
             log.info("mqtt: answer on %s matches no waiting command", message.topic)
             return
         waiting.set_result(response)
-
-    async def release(self) -> None:
-        """Nothing to undo: DERIM keeps no standing MQTT control."""
 
     async def aclose(self) -> None:
         """Disconnect (``run`` does it when cancelled)."""
