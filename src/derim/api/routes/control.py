@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from derim.adapters.mqtt.adapter import MqttAdapter
 from derim.api.deps import get_services
 from derim.errors import InvalidRequestError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus, CommandType
@@ -31,37 +31,9 @@ async def control(device_id: str, command: CommandRequest, services: ServicesDep
     """
     command = command.normalized()
     device = services.registry.get(device_id)
-    if device.protocol == "mqtt" and services.mqtt is not None:
-        return await _mqtt_command(services.mqtt, device, command)
-    adapter = services.adapters.controller(device_id)
-    if adapter is None:
-        raise InvalidRequestError(
-            "device_id", f"device {device_id!r} ({device.protocol}) takes no commands"
-        )
     _check_rating(device, command)
+    send = _sender(services, device, command)
     result = CommandResult(device_id=device_id, request=command)
-    now = datetime.now(UTC)
-    if command.expires_at is not None and command.expires_at <= now:
-        result.status = CommandStatus.EXPIRED
-        result.message = "expired before it could be sent"
-        result.history.append((result.status, now))
-        return result
-    adapter.validate(command)
-    if command.dry_run:
-        result.status = CommandStatus.VALIDATED
-        result.message = "valid; not sent (dry run)"
-        result.history.append((result.status, now))
-        return result
-    return await adapter.send(command)
-
-
-async def _mqtt_command(
-    mqtt: MqttAdapter, device: DERDevice, command: CommandRequest
-) -> CommandResult:
-    """Publish to an MQTT device (after the same rating and expiry checks)."""
-    _check_rating(device, command)
-    mqtt.commands_for(device)
-    result = CommandResult(device_id=device.id, request=command)
     now = datetime.now(UTC)
     if command.expires_at is not None and command.expires_at <= now:
         result.status = CommandStatus.EXPIRED
@@ -70,9 +42,26 @@ async def _mqtt_command(
         result.status = CommandStatus.VALIDATED
         result.message = "valid; not sent (dry run)"
     else:
-        return await mqtt.send_to(device, command)
+        return await send()
     result.history.append((result.status, now))
     return result
+
+
+def _sender(
+    services: Services, device: DERDevice, command: CommandRequest
+) -> Callable[[], Awaitable[CommandResult]]:
+    """What sends ``command`` to ``device``, once its adapter has checked it (422 if not)."""
+    if device.protocol == "mqtt" and services.mqtt is not None:
+        mqtt = services.mqtt
+        mqtt.commands_for(device)
+        return lambda: mqtt.send_to(device, command)
+    adapter = services.adapters.controller(device.id)
+    if adapter is None:
+        raise InvalidRequestError(
+            "device_id", f"device {device.id!r} ({device.protocol}) takes no commands"
+        )
+    adapter.validate(command)
+    return lambda: adapter.send(command)
 
 
 def _check_rating(device: DERDevice, command: CommandRequest) -> None:
