@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import pytest
+from fake_devices import ReadOnlyDevice
 
 from async_helpers import Sink, until
 from derim.adapters.base import Backoff, ConnectionState, PollingAdapter, PollSettings
 from derim.adapters.line import LinePoller
 from derim.errors import TransportError
-from derim.models.command import CommandRequest, CommandResult
 from derim.models.telemetry import DERTelemetry
 
 LINE = "tcp://10.0.0.5:502"
 
 
-class LineDevice(PollingAdapter):
+class LineDevice(ReadOnlyDevice):
     """A device double on a shared connection; its behaviour is switched by the test."""
 
     protocol = "fake-line"
@@ -61,16 +60,7 @@ class LineDevice(PollingAdapter):
             self.trace.append(f"end {self.device_id}")
         if not self.reachable:
             raise TransportError("connection reset")
-        return [DERTelemetry(device_id=self.device_id, timestamp=datetime.now(UTC), power_kw=1.0)]
-
-    def validate(self, command: CommandRequest) -> None:
-        raise TransportError("the fake device takes no commands")
-
-    async def send(self, command: CommandRequest) -> CommandResult:
-        raise TransportError("the fake device takes no commands")
-
-    async def release(self) -> None:
-        pass
+        return self.reading()
 
 
 def every(interval_s: float, backoff: Backoff | None = None) -> PollSettings:

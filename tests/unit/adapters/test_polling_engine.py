@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import pytest
+from fake_devices import ReadOnlyDevice
 
 from async_helpers import Sink, until
-from derim.adapters.base import Backoff, ConnectionState, PollingAdapter, PollSettings
+from derim.adapters.base import Backoff, ConnectionState, PollSettings
 from derim.errors import ProtocolError, TransportError
-from derim.models.command import CommandRequest, CommandResult
 from derim.models.telemetry import DERTelemetry
 
 
-class FakeDevice(PollingAdapter):
+class FakeDevice(ReadOnlyDevice):
     """A device double at the transport seam; its behaviour is switched by the test."""
-
-    protocol = "fake"
 
     def __init__(self, device_id: str, settings: PollSettings) -> None:
         super().__init__(device_id, settings)
@@ -27,7 +24,6 @@ class FakeDevice(PollingAdapter):
         self.garbage = False
         self.connects = 0
         self.disconnects = 0
-        self.released = False
 
     async def connect(self) -> None:
         self.connects += 1
@@ -44,16 +40,7 @@ class FakeDevice(PollingAdapter):
             raise TransportError("connection reset")
         if self.garbage:
             raise ProtocolError("frame with bad length")
-        return [DERTelemetry(device_id=self.device_id, timestamp=datetime.now(UTC), power_kw=1.0)]
-
-    def validate(self, command: CommandRequest) -> None:
-        raise TransportError("the fake device takes no commands")
-
-    async def send(self, command: CommandRequest) -> CommandResult:
-        raise TransportError("the fake device takes no commands")
-
-    async def release(self) -> None:
-        self.released = True
+        return self.reading()
 
 
 FAST = PollSettings(interval_s=0.001, timeout_s=0.5, backoff=Backoff(initial_s=0.001, max_s=0.01))
