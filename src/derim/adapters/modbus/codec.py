@@ -167,6 +167,8 @@ def apply_scale(
 ) -> float | Missing:
     """``raw * scale * 10**scale_factor_value + offset``; ``MISSING`` if raw or the factor is.
 
+    A factor below 1 whose inverse is a whole number divides instead, so decimals come out exact.
+
     ``scale_factor_value`` None means the point has no scale factor. Raises ``ProtocolError`` for a
     factor beyond +-``SCALE_FACTOR_LIMIT`` or a result that is not finite.
     """
@@ -175,7 +177,14 @@ def apply_scale(
     exponent = scale_factor_value or 0
     if abs(exponent) > SCALE_FACTOR_LIMIT:
         raise ProtocolError(f"scale factor {exponent} is outside +-{SCALE_FACTOR_LIMIT}")
-    value = raw * scale * 10.0**exponent + offset
+    factor = scale * 10.0**exponent
+    exact = 1e-15 < abs(factor) < 1 and math.isclose(1 / factor, round(1 / factor), rel_tol=1e-12)
+    if exact:
+        divisor = round(1 / factor)
+        # Dividing by an exact integer keeps -950 * 0.001 at -0.95, not -0.9500000000000001.
+        value = raw / divisor + offset
+    else:
+        value = raw * factor + offset
     if not math.isfinite(value):
         raise ProtocolError(f"scaled value of {raw} is not a finite number")
     return value
