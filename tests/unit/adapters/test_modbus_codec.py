@@ -178,6 +178,14 @@ def test_decode_block_picks_its_points_and_checks_the_length() -> None:
         decode_block(request, [7, 8], points)
 
 
+def test_decimal_scales_give_exact_decimals() -> None:
+    """A factor such as 0.001 or 10**-1 divides, so the reading is the decimal the device meant."""
+    assert apply_scale(-950, 0.001) == -0.95
+    assert apply_scale(2301, 1.0, -1) == 230.1
+    assert apply_scale(453, 0.1) == 45.3
+    assert apply_scale(3, 0.25) == 0.75
+
+
 def test_apply_scale() -> None:
     """Scale, power-of-ten factor and offset combine; a missing raw or factor is MISSING."""
     assert apply_scale(475, 0.01, 1) == pytest.approx(47.5)
