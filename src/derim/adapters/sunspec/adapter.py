@@ -64,6 +64,8 @@ class SunSpecAdapter(PollingAdapter):
         self.line = transport.key
         self.unit_id = unit_id
         self.models: list[ModelEntry] = []
+        self._polled: list[tuple[int, frozenset[str], list[ReadRequest]]] = []
+        """Each mapped model once: its id, the points DERIM decodes and the reads that fetch it."""
         self._telemetry = TELEMETRY_BY_DEVICE_TYPE[device_type]
         self._fields = frozenset(self._telemetry.model_fields)
 
@@ -71,6 +73,7 @@ class SunSpecAdapter(PollingAdapter):
         """Connect and (re)discover the model map: a restarted device may have a new one."""
         await self.transport.connect()
         self.models = await self.discover()
+        self._polled = _read_plan(self.models)
 
     async def disconnect(self) -> None:
         """Nothing: the shared transport reopens its connection itself when it is dead."""
@@ -101,10 +104,11 @@ class SunSpecAdapter(PollingAdapter):
         raise ProtocolError(f"no SunSpec marker 'SunS' at any of {list(BASE_ADDRESSES)}")
 
     async def _read(self, address: int, count: int) -> list[int]:
+        return await self._run(_requests(address, count))
+
+    async def _run(self, requests: Sequence[ReadRequest]) -> list[int]:
         registers: list[int] = []
-        for start in range(address, address + count, MAX_READ):
-            size = min(MAX_READ, address + count - start)
-            request = ReadRequest("holding", None, start, size)
+        for request in requests:
             registers += await self.transport.read(request, self.unit_id)
         return registers
 
@@ -116,13 +120,9 @@ class SunSpecAdapter(PollingAdapter):
         """
         decoded: dict[int, DecodedBlock] = {}
         failures: list[AdapterError] = []
-        for entry in self.models:
-            points = POLLED_POINTS.get(entry.model_id)
-            if points is None or entry.model_id in decoded:
-                continue
+        for model_id, points, requests in self._polled:
             try:
-                registers = await self._read(entry.address, HEADER_SIZE + entry.length)
-                decoded[entry.model_id] = decode_model(entry.model_id, registers, points)
+                decoded[model_id] = decode_model(model_id, await self._run(requests), points)
             except (DeviceRejected, ProtocolError) as exc:
                 failures.append(exc)
         if failures and not decoded:
@@ -169,3 +169,24 @@ class SunSpecAdapter(PollingAdapter):
 
     async def release(self) -> None:
         """Nothing to undo: this adapter sends no controls."""
+
+
+def _requests(address: int, count: int) -> list[ReadRequest]:
+    """Holding-register reads covering ``count`` registers from ``address``, 125 at most each."""
+    return [
+        ReadRequest("holding", None, start, min(MAX_READ, address + count - start))
+        for start in range(address, address + count, MAX_READ)
+    ]
+
+
+def _read_plan(models: Sequence[ModelEntry]) -> list[tuple[int, frozenset[str], list[ReadRequest]]]:
+    """The models of ``models`` that feed canonical telemetry (each once), their points and
+    reads."""
+    plan: list[tuple[int, frozenset[str], list[ReadRequest]]] = []
+    for entry in models:
+        points = POLLED_POINTS.get(entry.model_id)
+        if points is not None and all(model_id != entry.model_id for model_id, _, _ in plan):
+            plan.append(
+                (entry.model_id, points, _requests(entry.address, HEADER_SIZE + entry.length))
+            )
+    return plan
