@@ -27,6 +27,7 @@ from derim.storage.registry import DeviceRegistry
 from derim.storage.rejects import RejectStore
 from derim.storage.spool import Spool
 from derim.storage.sqlite import SQLiteStore
+from derim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         if settings.mqtt_url is not None:
             services.mqtt = _mqtt_adapter(settings, registry, rejects)
             ingesting = asyncio.create_task(services.mqtt.run(services.ingest), name="derim-mqtt")
-            stack.push_async_callback(_cancel, ingesting)
+            stack.push_async_callback(cancel_and_wait, ingesting)
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
-        stack.push_async_callback(_cancel, maintenance)
+        stack.push_async_callback(cancel_and_wait, maintenance)
         yield services
 
 
@@ -141,11 +142,6 @@ def _mqtt_adapter(
     return MqttAdapter(
         client, mappings, registry, rejects, register_unknown=settings.mqtt_register_unknown
     )
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _maintain(services: Services) -> None:

@@ -8,7 +8,6 @@ negative power) with a little noise, its energy counters integrating it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import random
@@ -19,6 +18,8 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+from derim.tasks import cancel_and_wait
 
 SITE = "demo"
 
@@ -65,11 +66,8 @@ class MqttMeterSim:
 
     async def stop(self) -> None:
         """Stop publishing and disconnect."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
 

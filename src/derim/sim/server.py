@@ -9,6 +9,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from derim.tasks import cancel_and_wait
+
 
 class SimUnit:
     """One unit id's registers (holding and input share one space from address 0)."""
@@ -92,7 +94,5 @@ class SimServer:
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus lacks hints
             self._server = None
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

@@ -32,7 +32,6 @@ charge meets the PV peak.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from derim.sim.irradiance import PvYear
 from derim.sim.meter import IMAGE_SIZE, MeterValues, meter_image
 from derim.sim.server import SimServer, SimUnit
 from derim.sim.sunspec_map import ModelValues, SunSpecMap
+from derim.tasks import cancel_and_wait
 
 BASE = 40000
 PV_UNIT = 1
@@ -155,11 +155,8 @@ class SunSpecFleetSim:
 
     async def stop(self) -> None:
         """Stop updating and serving."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         await self.server.stop()
 
     async def _run(self) -> None:
