@@ -1,11 +1,15 @@
-"""Shared fixtures: a check that no test leaks asyncio tasks."""
+"""Shared fixtures: a check that no test leaks asyncio tasks; OCPP on free ports."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import pytest
+
+os.environ.setdefault("DERIM_OCPP_PORT", "0")
+"""Every test's OCPP central system listens on a free port, never on the default 9000."""
 
 GRACE_STEP_S = 0.01
 GRACE_STEPS = 100

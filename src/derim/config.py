@@ -80,6 +80,31 @@ class Settings(BaseSettings):
     mqtt_tls_ca: Path | None = _setting(None, "mqtt_tls_ca")
     mqtt_tls_cert: Path | None = _setting(None, "mqtt_tls_cert")
     mqtt_tls_key: Path | None = _setting(None, "mqtt_tls_key")
+    ocpp_enabled: bool = _setting(True, "ocpp_enabled")
+    """Run the OCPP central system that EV chargers connect to."""
+    ocpp_port: int = _setting(9000, "ocpp_port", ge=0, le=65535)
+    """Port of ``ws://<host>:<port>/ocpp/{charge_point_id}``; 0 picks a free one."""
+    ocpp_register_unknown: bool = _setting(True, "ocpp_register_unknown")
+    """Register a charger that connects with an unknown id (else refuse its connection)."""
+    ocpp_security_profile: Literal[0, 1, 2] = _setting(0, "ocpp_security_profile")
+    """0: no authentication; 1: HTTP Basic with per-charger passwords; 2: Basic over TLS."""
+    ocpp_passwords: dict[str, SecretStr] = _setting({}, "ocpp_passwords")
+    """Per-charger Basic-auth passwords, by charge point id (security profiles 1 and 2)."""
+    ocpp_tls_cert: Path | None = _setting(None, "ocpp_tls_cert")
+    ocpp_tls_key: Path | None = _setting(None, "ocpp_tls_key")
+    ocpp_strict: bool = _setting(False, "ocpp_strict")
+    """Refuse any message that breaks the schema; by default an unknown (extra or misspelt)
+    optional field is logged and dropped, and only real violations get a CallError."""
+    ocpp_call_timeout_s: float = _setting(30.0, "ocpp_call_timeout_s", gt=0, le=600)
+    """How long a charger may take to answer a CALL from DERIM."""
+    ocpp_message_timeout_s: float = _setting(10.0, "ocpp_message_timeout_s", gt=0, le=600)
+    """How long DERIM may take to handle one message from a charger before answering an error."""
+    ocpp_heartbeat_interval_s: int = _setting(300, "ocpp_heartbeat_interval_s", ge=1)
+    """Heartbeat interval given to chargers at boot."""
+    ocpp_ping_interval_s: float = _setting(60.0, "ocpp_ping_interval_s", ge=0)
+    """WebSocket ping interval; a charger that misses a pong is dropped. 0 disables pings."""
+    ocpp_allowed_id_tags: list[str] | None = _setting(None, "ocpp_allowed_id_tags")
+    """Id tags that Authorize accepts; None accepts any."""
     devices: list[DERDevice] = _setting([], "devices")
     """The fleet: devices registered (or updated) at start."""
 

@@ -44,4 +44,7 @@ def configure_logging(level: str = "INFO", fmt: Literal["json", "console"] = "co
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").setLevel(max(logging.WARNING, root.level))
+    # Per-request access lines and per-frame OCPP traces only at DEBUG: thousands a second.
+    chatty = root.level if root.level <= logging.DEBUG else max(logging.WARNING, root.level)
+    for name in ("uvicorn.access", "websockets", "derim.adapters.ocpp.wire"):
+        logging.getLogger(name).setLevel(chatty)

@@ -1,5 +1,6 @@
-"""Wiring of the core: registry, store, spool, durable writer, ingest bus, dead letters and the
-adapters (polled devices; the MQTT broker when ``mqtt_url`` is set), opened together."""
+"""Wiring of the core: registry, store, spool, durable writer, ingest bus, dead letters, charging
+sessions and the adapters (polled devices; the MQTT broker when ``mqtt_url`` is set; the OCPP
+central system unless disabled), opened together."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from derim.adapters.manager import AdapterManager
 from derim.adapters.mqtt.adapter import MqttAdapter
 from derim.adapters.mqtt.client import MqttClient
 from derim.adapters.mqtt.mapping import load_mapping, shipped_mapping
+from derim.adapters.ocpp.central import CentralSystem
+from derim.adapters.ocpp.site import SiteBalancer
 from derim.bus import IngestBus
 from derim.config import Settings
 from derim.errors import ConfigError, DerimError, InvalidRequestError
@@ -25,6 +28,7 @@ from derim.storage.base import Store
 from derim.storage.durable import DurableWriter
 from derim.storage.registry import DeviceRegistry
 from derim.storage.rejects import RejectStore
+from derim.storage.sessions import SessionStore
 from derim.storage.spool import Spool
 from derim.storage.sqlite import SQLiteStore
 from derim.tasks import cancel_and_wait
@@ -63,7 +67,10 @@ class Services:
     bus: IngestBus
     adapters: AdapterManager
     rejects: RejectStore
+    sessions: SessionStore
     mqtt: MqttAdapter | None = None
+    ocpp: CentralSystem | None = None
+    sites: SiteBalancer | None = None
     started_at: float = field(default_factory=time.time)
 
     async def ingest(self, records: Sequence[DERTelemetry]) -> None:
@@ -74,6 +81,8 @@ class Services:
         """The device's connection state, when an adapter follows it."""
         if device.protocol == "mqtt" and self.mqtt is not None:
             return self.mqtt.status(device.id)
+        if device.protocol == "ocpp" and self.ocpp is not None:
+            return self.ocpp.status(device.id)
         return self.adapters.status(device.id)
 
 
@@ -119,7 +128,20 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         rejects = RejectStore(settings.data_dir / "rejects.db")
         await rejects.open()
         stack.push_async_callback(rejects.close)
-        services = Services(settings, registry, store, spool, writer, bus, adapters, rejects)
+        sessions = SessionStore(settings.data_dir / "sessions.db")
+        await sessions.open()
+        stack.push_async_callback(sessions.close)
+        services = Services(
+            settings, registry, store, spool, writer, bus, adapters, rejects, sessions
+        )
+        if settings.ocpp_enabled:
+            central = CentralSystem(settings, registry, sessions, rejects, services.ingest)
+            await central.start()
+            stack.push_async_callback(central.aclose)
+            services.ocpp = central
+            services.sites = SiteBalancer(central)
+            central.sessions_changed = services.sites.sessions_changed
+            stack.push_async_callback(services.sites.aclose)
         if settings.mqtt_url is not None:
             services.mqtt = _mqtt_adapter(settings, registry, rejects)
             ingesting = asyncio.create_task(services.mqtt.run(services.ingest), name="derim-mqtt")

@@ -28,6 +28,9 @@ class CommandType(StrEnum):
     CONNECT = "connect"
     DISCONNECT = "disconnect"
     RESET = "reset"
+    CHANGE_AVAILABILITY = "change_availability"
+    UNLOCK_CONNECTOR = "unlock_connector"
+    GET_COMPOSITE_SCHEDULE = "get_composite_schedule"
 
 
 class CommandStatus(StrEnum):

@@ -149,7 +149,34 @@ class BatteryTelemetry(DERTelemetry):
     )
 
 
-class EVChargerTelemetry(DERTelemetry):
+class _EnergyRegisters(DERTelemetry):
+    """Fields of a device that meters what it exchanges with the grid (meters, EV chargers)."""
+
+    energy_import_kwh: float | None = measurement(
+        "Lifetime energy imported from the grid (register), kWh.",
+        unit="kWh",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=72 Wh, flowDirection=1 forward)",
+        cim="Accumulator (IEC 61968-9 ReadingType flowDirection=forward)",
+        ge=0,
+    )
+    energy_export_kwh: float | None = measurement(
+        "Lifetime energy exported to the grid (register), kWh.",
+        unit="kWh",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=72 Wh, flowDirection=19 reverse)",
+        cim="Accumulator (IEC 61968-9 ReadingType flowDirection=reverse)",
+        ge=0,
+    )
+    power_factor: float | None = measurement(
+        "Displacement power factor (-1 to 1).",
+        unit="",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=65 cos theta)",
+        cim="Analog measurementType=PowerFactor",
+        ge=-1,
+        le=1,
+    )
+
+
+class EVChargerTelemetry(_EnergyRegisters):
     """A reading of an EV charger connector; charging power is negative (drawn from the grid)."""
 
     connector_id: int | None = measurement(
@@ -179,33 +206,87 @@ class EVChargerTelemetry(DERTelemetry):
         cim="(no CIM equivalent)",
         max_length=64,
     )
+    current_l1_a: float | None = measurement(
+        "RMS current on phase L1, A.",
+        unit="A",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=5 A, phase=128 A)",
+        cim="Analog measurementType=LineCurrent, phases=A",
+        ge=0,
+    )
+    current_l2_a: float | None = measurement(
+        "RMS current on phase L2, A.",
+        unit="A",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=5 A, phase=64 B)",
+        cim="Analog measurementType=LineCurrent, phases=B",
+        ge=0,
+    )
+    current_l3_a: float | None = measurement(
+        "RMS current on phase L3, A.",
+        unit="A",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=5 A, phase=32 C)",
+        cim="Analog measurementType=LineCurrent, phases=C",
+        ge=0,
+    )
+    voltage_l1_v: float | None = measurement(
+        "RMS voltage L1 to neutral, V.",
+        unit="V",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=29 V, phase=129 AN)",
+        cim="Analog measurementType=PhaseVoltage, phases=AN",
+        ge=0,
+    )
+    voltage_l2_v: float | None = measurement(
+        "RMS voltage L2 to neutral, V.",
+        unit="V",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=29 V, phase=65 BN)",
+        cim="Analog measurementType=PhaseVoltage, phases=BN",
+        ge=0,
+    )
+    voltage_l3_v: float | None = measurement(
+        "RMS voltage L3 to neutral, V.",
+        unit="V",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=29 V, phase=33 CN)",
+        cim="Analog measurementType=PhaseVoltage, phases=CN",
+        ge=0,
+    )
+    offered_current_a: float | None = measurement(
+        "Maximum current the charger offers the vehicle, A (per phase).",
+        unit="A",
+        ieee2030_5="(no 2030.5 equivalent)",
+        cim="(no CIM equivalent)",
+        ge=0,
+    )
+    offered_power_kw: float | None = measurement(
+        "Maximum power the charger offers the vehicle, kW (>= 0).",
+        unit="kW",
+        ieee2030_5="(no 2030.5 equivalent)",
+        cim="(no CIM equivalent)",
+        ge=0,
+    )
+    interval_energy_kwh: float | None = measurement(
+        "Energy imported during the last metering interval (charger-configured length), kWh.",
+        unit="kWh",
+        ieee2030_5="MirrorMeterReading (ReadingType uom=72 Wh, accumulationBehaviour=4 deltaData)",
+        cim="Accumulator (IEC 61968-9 ReadingType accumulation=deltaData)",
+        ge=0,
+    )
+    soc_percent: float | None = measurement(
+        "State of charge of the vehicle battery, percent (0-100).",
+        unit="%",
+        ieee2030_5="(no 2030.5 equivalent; PEVInfo carries only targetStateOfCharge)",
+        cim="(no CIM equivalent)",
+        ge=0,
+        le=100,
+    )
+    temperature_c: float | None = measurement(
+        "Temperature at the connector, cable, charger body or vehicle, degrees C.",
+        unit="degC",
+        ieee2030_5="(no 2030.5 equivalent)",
+        cim="Analog measurementType=Temperature",
+    )
 
 
-class MeterTelemetry(DERTelemetry):
+class MeterTelemetry(_EnergyRegisters):
     """A reading of a revenue or sub-meter; positive power is export at the meter."""
-
-    energy_import_kwh: float | None = measurement(
-        "Lifetime energy imported from the grid, kWh.",
-        unit="kWh",
-        ieee2030_5="MirrorMeterReading (ReadingType uom=72 Wh, flowDirection=1 forward)",
-        cim="Accumulator (IEC 61968-9 ReadingType flowDirection=forward)",
-        ge=0,
-    )
-    energy_export_kwh: float | None = measurement(
-        "Lifetime energy exported to the grid, kWh.",
-        unit="kWh",
-        ieee2030_5="MirrorMeterReading (ReadingType uom=72 Wh, flowDirection=19 reverse)",
-        cim="Accumulator (IEC 61968-9 ReadingType flowDirection=reverse)",
-        ge=0,
-    )
-    power_factor: float | None = measurement(
-        "Displacement power factor (-1 to 1).",
-        unit="",
-        ieee2030_5="MirrorMeterReading (ReadingType uom=65 cos theta)",
-        cim="Analog measurementType=PowerFactor",
-        ge=-1,
-        le=1,
-    )
 
 
 TELEMETRY_CLASSES: tuple[type[DERTelemetry], ...] = (

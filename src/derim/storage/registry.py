@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from derim.errors import ConflictError, NotFoundError, StorageError
-from derim.models.device import DERDevice, DevicePatch, apply_patch
+from derim.models.device import DERDevice, DevicePatch, OcppConnection, apply_patch
 
 
 class DeviceRegistry:
@@ -20,6 +20,7 @@ class DeviceRegistry:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._devices: dict[str, DERDevice] = {}
+        self._chargers: dict[str, str] = {}
 
     async def open(self) -> None:
         """Open the database and load every device."""
@@ -32,8 +33,7 @@ class DeviceRegistry:
         conn.execute("PRAGMA busy_timeout=10000")
         conn.execute("CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
         for (body,) in conn.execute("SELECT body FROM devices"):
-            device = DERDevice.model_validate_json(body)
-            self._devices[device.id] = device
+            self._remember(DERDevice.model_validate_json(body))
         self._conn = conn
 
     async def close(self) -> None:
@@ -52,6 +52,11 @@ class DeviceRegistry:
     def find(self, device_id: str) -> DERDevice | None:
         """The device with ``device_id``, or None."""
         return self._devices.get(device_id)
+
+    def find_charger(self, charge_point_id: str) -> DERDevice | None:
+        """The device whose OCPP connection has ``charge_point_id``, or None."""
+        device_id = self._chargers.get(charge_point_id)
+        return None if device_id is None else self._devices.get(device_id)
 
     def list(self) -> list[DERDevice]:
         """Every device, ordered by id."""
@@ -84,7 +89,7 @@ class DeviceRegistry:
         """Forget a device; raises ``NotFoundError``."""
         self.get(device_id)
         await asyncio.to_thread(self._execute, "DELETE FROM devices WHERE id = ?", (device_id,))
-        self._devices.pop(device_id, None)
+        self._forget(device_id)
 
     async def _save(self, device: DERDevice) -> None:
         await asyncio.to_thread(
@@ -92,7 +97,18 @@ class DeviceRegistry:
             "INSERT OR REPLACE INTO devices (id, body) VALUES (?, ?)",
             (device.id, device.model_dump_json()),
         )
+        self._forget(device.id)
+        self._remember(device)
+
+    def _remember(self, device: DERDevice) -> None:
         self._devices[device.id] = device
+        if isinstance(device.connection, OcppConnection):
+            self._chargers[device.connection.charge_point_id] = device.id
+
+    def _forget(self, device_id: str) -> None:
+        device = self._devices.pop(device_id, None)
+        if device is not None and isinstance(device.connection, OcppConnection):
+            self._chargers.pop(device.connection.charge_point_id, None)
 
     def _execute(self, statement: str, params: tuple[str, ...]) -> None:
         if self._conn is None:

@@ -274,9 +274,9 @@ ROUTE_1 = 'topic: "plain/+/power"'
         ),
         (
             "device_type: battery",
-            "device_type: ev_charger",
+            "device_type: solar_pv",
             "routes.2.metrics.SOC.field",
-            "EVC",
+            "SolarT",
             "SOC",
         ),
         ('"plain/+/power"', '"site/+/meter/+/telemetry"', "routes.1.topic", "routed twice", None),

@@ -55,6 +55,10 @@ def _sender(
         mqtt = services.mqtt
         mqtt.commands_for(device)
         return lambda: mqtt.send_to(device, command)
+    if device.protocol == "ocpp" and services.ocpp is not None:
+        central = services.ocpp
+        central.validate(device, command)
+        return lambda: central.send(device, command)
     adapter = services.adapters.controller(device.id)
     if adapter is None:
         raise InvalidRequestError(

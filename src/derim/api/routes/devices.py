@@ -9,10 +9,12 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from derim.adapters.base import ConnectionState
+from derim.adapters.ocpp.central import ChargerView
 from derim.api.deps import get_services
 from derim.errors import ConflictError
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice, DevicePatch, apply_patch
+from derim.models.session import ChargingSession, SessionState
 from derim.services import Services
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
@@ -29,9 +31,11 @@ class ConnectionStatus(BaseModel):
 
 
 class DeviceView(DERDevice):
-    """A registered device with its live connection status."""
+    """A registered device with its live connection status (and, for a charger, its OCPP
+    version, connectors, firmware status and security events)."""
 
     status: ConnectionStatus | None = None
+    charger: ChargerView | None = None
 
 
 def _view(device: DERDevice, services: Services) -> DeviceView:
@@ -44,6 +48,8 @@ def _view(device: DERDevice, services: Services) -> DeviceView:
             last_error=status.last_error,
             consecutive_failures=status.consecutive_failures,
         )
+    if device.protocol == "ocpp" and services.ocpp is not None:
+        view.charger = services.ocpp.view(device.id)
     return view
 
 
@@ -74,6 +80,25 @@ async def create_device(device: DERDevice, services: ServicesDep) -> DeviceView:
     device = await services.registry.add(device)
     services.adapters.start(device.id, adapter)
     return _view(device, services)
+
+
+@router.get("/{device_id}/sessions")
+async def device_sessions(
+    device_id: str,
+    services: ServicesDep,
+    state: Annotated[SessionState | None, Query(description="Only running or ended ones.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[
+        int | None, Query(ge=1, description="Only sessions numbered below this (paging).")
+    ] = None,
+) -> list[ChargingSession]:
+    """A charger's charging sessions, newest first: id tag, start, stop, energy (kWh), duration.
+
+    A running session's energy is the charger's import register at its latest reading minus
+    the register at the start; 404 if the device is unknown.
+    """
+    services.registry.get(device_id)
+    return await services.sessions.history(device_id, state=state, limit=limit, before=before)
 
 
 @router.get("/{device_id}")

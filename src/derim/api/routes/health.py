@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from derim import __version__
 from derim.adapters.mqtt.adapter import MqttAdapter
+from derim.adapters.ocpp.central import CentralSystem
 from derim.api.deps import get_services
 from derim.api.metrics import render_metrics
 from derim.errors import DerimError
@@ -53,6 +54,7 @@ async def health(services: ServicesDep) -> dict[str, Any]:
             "rejected": services.rejects.count,
         },
         "mqtt": None if services.mqtt is None else _mqtt(services.mqtt),
+        "ocpp": None if services.ocpp is None else _ocpp(services.ocpp),
     }
 
 
@@ -66,6 +68,22 @@ def _mqtt(mqtt: MqttAdapter) -> dict[str, Any]:
         "messages": counters.messages,
         "records": counters.records,
         "rejected": counters.rejected,
+    }
+
+
+def _ocpp(central: CentralSystem) -> dict[str, Any]:
+    """The central system's port, connected chargers and message counters."""
+    counters = central.counters
+    return {
+        "port": central.port,
+        "connected": central.connected,
+        "connections": counters.connections,
+        "messages": counters.messages,
+        "call_errors": counters.call_errors,
+        "malformed": counters.malformed,
+        "refused_handshakes": counters.refused_handshakes,
+        "dropped_fields": counters.dropped_fields,
+        "active_sessions": len(central.sessions.active()),
     }
 
 
