@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection
 
 from derim.config import load_settings
 from derim.services import Services, running_services
+from derim.sim.ocpp_charger import SimulatedCharger
 from derim.tasks import cancel_and_wait
 
 SUBPROTOCOL = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
@@ -83,3 +84,25 @@ async def raw_socket(
         subprotocols=[SUBPROTOCOL[version]],  # type: ignore[list-item]
     ) as ws:
         yield ws
+
+
+@contextlib.asynccontextmanager
+async def simulated(
+    services: Services, charge_point_id: str, version: str = "1.6", **options: Any
+) -> AsyncIterator[SimulatedCharger]:
+    """A simulated charger connected (and booted) to the central."""
+    assert services.ocpp is not None
+    sim = SimulatedCharger(
+        charge_point_id,
+        f"ws://127.0.0.1:{services.ocpp.port}/ocpp",
+        version=version,  # type: ignore[arg-type]
+        meter_interval_s=options.pop("meter_interval_s", 0.1),
+        reconnect_s=options.pop("reconnect_s", 0.2),
+        **options,
+    )
+    task = asyncio.create_task(sim.run())
+    try:
+        await asyncio.wait_for(sim.connected.wait(), 10)
+        yield sim
+    finally:
+        await cancel_and_wait(task)

@@ -57,12 +57,17 @@ class ChargingSession(BaseModel):
         return (self.stopped_at - self.started_at).total_seconds()
 
     def ended(self, at: datetime, meter_kwh: float | None, reason: str | None) -> ChargingSession:
-        """This session stopped at ``at`` with the register at ``meter_kwh``."""
+        """This session stopped at ``at`` with the register at ``meter_kwh``.
+
+        The register only grows, so the higher of the stop value and the last reading holds (a
+        1.6 ``meterStop`` is whole Wh, and may round below a finer reading).
+        """
+        readings = [m for m in (meter_kwh, self.meter_last_kwh) if m is not None]
         return self.model_copy(
             update={
                 "state": SessionState.COMPLETED,
                 "stopped_at": at,
-                "meter_last_kwh": meter_kwh if meter_kwh is not None else self.meter_last_kwh,
+                "meter_last_kwh": max(readings) if readings else None,
                 "stop_reason": reason,
             }
         )
