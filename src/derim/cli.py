@@ -24,12 +24,16 @@ from derim.logging import configure_logging
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice
 from derim.services import Services, running_services
+from derim.sim.ocpp_charger import SimulatedCharger
 from derim.storage.base import Aggregation, Interval, TelemetryQuery, to_epoch_ms
 from derim.storage.registry import DeviceRegistry
+from derim.tasks import cancel_and_wait
 
 T = TypeVar("T")
 IMPORT_CHUNK = 5_000
 LIVE_INTERVAL_S = 10.0
+DEMO_METER_INTERVAL_S = 5.0
+"""How often the demo chargers send meter values (s)."""
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -98,7 +102,7 @@ def demo(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 async def _serve_demo(settings: Settings, host: str, port: int) -> None:
     from derim.api.app import create_app
-    from derim.demo import POLLED_DEVICES, readings_at, sample_day, sample_fleet
+    from derim.demo import CHARGERS, POLLED_DEVICES, readings_at, sample_day, sample_fleet
     from derim.sim.mqtt_meter import MqttMeterSim
     from derim.sim.sunspec_fleet import SunSpecFleetSim
 
@@ -134,12 +138,53 @@ async def _serve_demo(settings: Settings, host: str, port: int) -> None:
             stack.push_async_callback(meters.stop)
             click.echo(f"MQTT broker {broker}: meters {', '.join(meters.device_ids())} publish"
                        " every second (mapping gateway_json)")  # fmt: skip
+        await _demo_chargers(services, stack)
         click.echo(f"Try: curl '{url}/api/v1/telemetry/pv-roof-1/latest'")
         rng, soc = random.Random(7), [50.0]
+        live_elsewhere = {*POLLED_DEVICES, *CHARGERS}
         while not serving.done():
             live = readings_at(datetime.now(UTC), rng, soc)
-            await services.ingest([r for r in live if r.device_id not in POLLED_DEVICES])
+            await services.ingest([r for r in live if r.device_id not in live_elsewhere])
             await asyncio.wait({serving}, timeout=LIVE_INTERVAL_S)
+
+
+async def _demo_chargers(services: Services, stack: contextlib.AsyncExitStack) -> None:
+    """Connect the sample chargers, with EVs coming and going, and give their site a limit."""
+    from derim.demo import CARPORT, CARPORT_LIMIT_KW, CHARGERS
+
+    if services.ocpp is None or services.sites is None:
+        click.echo("OCPP central system disabled (ocpp_enabled): no simulated chargers")
+        return
+    central_url = f"ws://127.0.0.1:{services.ocpp.port}/ocpp"
+    for seed, (charge_point_id, version) in enumerate(CHARGERS.items()):
+        charger = SimulatedCharger(
+            charge_point_id,
+            central_url,
+            version=version,
+            max_power_kw=services.registry.get(charge_point_id).rated_power_kw or 11.0,
+            meter_interval_s=DEMO_METER_INTERVAL_S,
+            auto_sessions=True,
+            seed=seed,
+        )
+        for work in (charger.run(), _first_ev(charger)):
+            task = asyncio.create_task(work, name=f"demo-charger-{charge_point_id}")
+            stack.push_async_callback(cancel_and_wait, task)
+    await services.sites.set_limit(CARPORT, CARPORT_LIMIT_KW)
+    click.echo(
+        f"OCPP central system on ws://{services.settings.host}:{services.ocpp.port}/ocpp/{{id}}:"
+        f" simulated chargers {', '.join(f'{k} ({v})' for k, v in CHARGERS.items())} share a"
+        f" {CARPORT_LIMIT_KW:g} kW limit (site {CARPORT!r}); sessions at"
+        " /api/v1/devices/evse-1/sessions"
+    )
+
+
+async def _first_ev(charger: SimulatedCharger) -> None:
+    """Plug an EV in as soon as the charger is up, so the demo shows a session at once."""
+    await charger.connected.wait()
+    try:
+        await charger.plug_in(1, id_tag="DEMO-EV", ev_max_kw=charger.max_power_kw)
+    except DerimError as exc:
+        click.echo(f"demo charger {charger.charge_point_id}: no first session: {exc}")
 
 
 async def _demo_broker(settings: Settings, stack: contextlib.AsyncExitStack) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from derim.models.common import ConnectorStatus, DeviceType, OperatingState
 from derim.models.device import DERDevice, Location, SimulatedConnection
@@ -26,15 +27,21 @@ SITE = Location(latitude=52.52, longitude=13.40, address="Demo site, Berlin")
 
 POLLED_DEVICES = ("pv-roof-1", "battery-1", "meter-site")
 """Sample devices that ``sample_fleet(sunspec_port)`` polls on the simulator's gateway."""
+CHARGERS: dict[str, Literal["1.6", "2.0.1"]] = {"evse-1": "1.6", "evse-2": "2.0.1"}
+"""Sample chargers, simulated charge points that connect over OCPP in these versions."""
+CARPORT = "carport"
+"""The group of the sample chargers, a site that the demo gives a shared power limit."""
+CARPORT_LIMIT_KW = 15.0
 
 
 def sample_fleet(sunspec_port: int | None = None) -> list[DERDevice]:
-    """Two PV inverters, a battery, a site meter, a household load and an EV charger.
+    """Two PV inverters, a battery, a site meter, a household load and two EV chargers.
 
     With ``sunspec_port``, the ``POLLED_DEVICES`` are polled over Modbus TCP on the simulator's
     gateway at 127.0.0.1:``sunspec_port`` (see ``derim.sim.sunspec_fleet``): ``pv-roof-1``
     (unit 1) and ``battery-1`` (unit 2) as SunSpec devices, ``meter-site`` (unit 3) as a Modbus
-    device with the ``generic_meter`` profile.
+    device with the ``generic_meter`` profile. The ``CHARGERS`` are OCPP chargers of the
+    ``CARPORT`` site (charge point id = device id).
     """
     sim = SimulatedConnection(protocol="simulated")
 
@@ -81,7 +88,22 @@ def sample_fleet(sunspec_port: int | None = None) -> list[DERDevice]:
             connection=gateway(3, "modbus", profile="generic_meter"),
         ),
         device("load-house", "Household load", DeviceType.LOAD, rated_power_kw=12.0),
-        device("evse-1", "Wallbox", DeviceType.EV_CHARGER, rated_power_kw=11.0),
+        device(
+            "evse-1",
+            "Wallbox (OCPP 1.6)",
+            DeviceType.EV_CHARGER,
+            rated_power_kw=11.0,
+            groups=["demo-site", CARPORT],
+            connection={"protocol": "ocpp", "charge_point_id": "evse-1"},
+        ),
+        device(
+            "evse-2",
+            "Wallbox (OCPP 2.0.1)",
+            DeviceType.EV_CHARGER,
+            rated_power_kw=22.0,
+            groups=["demo-site", CARPORT],
+            connection={"protocol": "ocpp", "charge_point_id": "evse-2"},
+        ),
     ]
 
 

@@ -46,5 +46,5 @@ def configure_logging(level: str = "INFO", fmt: Literal["json", "console"] = "co
         logging.getLogger(name).propagate = True
     # Per-request access lines and per-frame OCPP traces only at DEBUG: thousands a second.
     chatty = root.level if root.level <= logging.DEBUG else max(logging.WARNING, root.level)
-    for name in ("uvicorn.access", "websockets", "derim.adapters.ocpp.wire"):
+    for name in ("uvicorn.access", "websockets", "ocpp", "derim.adapters.ocpp.wire"):
         logging.getLogger(name).setLevel(chatty)

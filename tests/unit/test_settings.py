@@ -86,4 +86,4 @@ def test_shipped_example_config_is_valid() -> None:
     """examples/derim.yaml loads without errors."""
     example = Path(__file__).parents[2] / "examples" / "derim.yaml"
     settings = load_settings(example)
-    assert [d.id for d in settings.devices] == ["pv-roof-1", "battery-1", "meter-site"]
+    assert [d.id for d in settings.devices] == ["pv-roof-1", "battery-1", "meter-site", "wallbox-1"]

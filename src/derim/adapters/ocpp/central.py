@@ -28,6 +28,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
+import ocpp.messages
 from ocpp.exceptions import OCPPError
 from pydantic import BaseModel, Field
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -167,6 +168,9 @@ class CentralSystem:
         from derim.adapters.ocpp import points  # handlers import this module
 
         self._points = points
+        # Validate schemas inline: the library's default hands each one to a thread, which
+        # costs more than the check itself and lets concurrent CALLs overtake each other.
+        ocpp.messages.ASYNC_VALIDATION = False
         ping = self.settings.ocpp_ping_interval_s or None
         try:
             self._server = await serve(
@@ -422,7 +426,6 @@ class CentralSystem:
             transaction_id=transaction_id,
         )
         log.info("charger %s: session %s started", link.charge_point_id, session.transaction_id)
-        self._sessions_changed(link)
         return session
 
     async def session_stopped(
@@ -444,7 +447,6 @@ class CentralSystem:
             )
         else:
             log.info("charger %s: session %s ended", link.charge_point_id, transaction_id)
-            self._sessions_changed(link)
         return session
 
     def firmware_status(self, link: ChargerLink, status: str) -> None:
@@ -465,7 +467,9 @@ class CentralSystem:
         allowed = self.settings.ocpp_allowed_id_tags
         return allowed is None or id_tag in allowed
 
-    def _sessions_changed(self, link: ChargerLink) -> None:
+    def sessions_may_have_changed(self, link: ChargerLink) -> None:
+        """Tell the listener (the site split) after a transaction message was answered, so that
+        the charger knows its transaction id before it hears of the session's share."""
         if self.sessions_changed is not None:
             self.sessions_changed(link.device_id)
 

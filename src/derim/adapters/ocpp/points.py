@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ocpp.exceptions import InternalError, OCPPError
 from ocpp.messages import CallError, MessageType
-from ocpp.routing import on
+from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as ChargePoint16Base
 from ocpp.v16 import call_result as result16
 from ocpp.v16.enums import Action as Action16
@@ -273,6 +273,14 @@ class ChargePoint16(_Screened, ChargePoint16Base):
         )
         return result16.StopTransaction(id_tag_info=None if id_tag is None else self._tag(id_tag))
 
+    @after(Action16.start_transaction)
+    def after_start(self, **_: Any) -> None:
+        self.central.sessions_may_have_changed(self.link)
+
+    @after(Action16.stop_transaction)
+    def after_stop(self, **_: Any) -> None:
+        self.central.sessions_may_have_changed(self.link)
+
     @handles(Action16.data_transfer)
     def on_data_transfer(self, vendor_id: str, **_: Any) -> result16.DataTransfer:
         WIRE_LOG.info(
@@ -410,6 +418,10 @@ class ChargePoint201(_Screened, ChargePoint201Base):
                 meter_kwh=register[-1] if register else None,
                 reason=info.get("stopped_reason"),
             )
+
+    @after(Action201.transaction_event)
+    def after_transaction(self, **_: Any) -> None:
+        self.central.sessions_may_have_changed(self.link)
 
     @handles(Action201.data_transfer)
     def on_data_transfer(self, vendor_id: str, **_: Any) -> result201.DataTransfer:

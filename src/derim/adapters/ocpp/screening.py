@@ -63,7 +63,7 @@ def parse_frame(raw: str | bytes, version: str) -> list[Any]:
         raise _frame_error(version, "an OCPP-J message is a non-empty JSON array")
     kind = frame[0]
     sizes = {MessageType.Call: 4, MessageType.CallResult: 3, MessageType.CallError: 5}
-    if kind not in sizes:
+    if not isinstance(kind, int) or isinstance(kind, bool) or kind not in sizes:
         detail = f"unknown message type {kind!r}"
         if version == "1.6":
             raise PropertyConstraintViolationError(description=detail)

@@ -32,6 +32,7 @@ from derim.models.session import ChargingSession
 from derim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_S = 0.5
 
 
 class Share(BaseModel):
@@ -173,10 +174,27 @@ class SiteBalancer:
         return None if device is None else device.rated_power_kw
 
     async def _send(self, session: ChargingSession, limit_kw: float) -> str:
-        """Install one session's share; the charger's answer in a word."""
+        """Install one session's share; the charger's answer in a word.
+
+        A charger may refuse a TxProfile for a transaction whose start it is still finishing
+        (it learns the 1.6 transaction id from the answer DERIM just sent), so a refusal is
+        asked again once, ``RETRY_AFTER_S`` later.
+        """
         key = (session.device_id, session.transaction_id)
         if self._sent.get(key) == round(limit_kw, 3):
             return "Accepted"
+        status = await self._offer(session, limit_kw)
+        if status == "Rejected":
+            await asyncio.sleep(RETRY_AFTER_S)
+            status = await self._offer(session, limit_kw)
+        if status == "Accepted":
+            self._sent[key] = round(limit_kw, 3)
+        else:
+            log.warning("charger %s refused its site share: %s", session.device_id, status)
+        return status
+
+    async def _offer(self, session: ChargingSession, limit_kw: float) -> str:
+        """One SetChargingProfile with the session's share; the answer in a word."""
         try:
             link = self.central.link(session.device_id)
             profile = charging_profile(
@@ -195,12 +213,7 @@ class SiteBalancer:
             return "timeout"
         except OCPPError as exc:
             return str(exc.code)
-        status = str(answer.get("status"))
-        if status == "Accepted":
-            self._sent[key] = round(limit_kw, 3)
-        else:
-            log.warning("charger %s refused its site share: %s", session.device_id, status)
-        return status
+        return str(answer.get("status"))
 
     async def _clear(self, session: ChargingSession) -> None:
         """Remove a session's share after its site lost its limit."""
