@@ -151,3 +151,31 @@ async def test_site_limits_over_http(api: ApiServer) -> None:
             cleared = (await client.delete("/api/v1/sites/yard/limit")).json()
             assert cleared["limit_kw"] is None
             assert (await client.get("/api/v1/sites")).json() == []
+
+
+async def test_deleting_a_connected_charger_closes_its_connection(tmp_path: Path) -> None:
+    """DELETE of a connected charger's device closes the charger's WebSocket; with unknown
+    chargers refused, its reconnection is then refused too."""
+    server = ApiServer(tmp_path / "data", ocpp_register_unknown=False).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            await client.post(
+                "/api/v1/devices",
+                json={
+                    "id": "cp-del",
+                    "device_type": "ev_charger",
+                    "connection": {"protocol": "ocpp", "charge_point_id": "CP-DEL"},
+                },
+            )
+            async with connected(client, "CP-DEL") as sim:
+                assert (await client.delete("/api/v1/devices/cp-del")).status_code == 204
+
+                async def gone() -> bool:
+                    return (await client.get("/health")).json()["ocpp"]["connected"] == 0
+
+                await until_async(gone)
+                await asyncio.sleep(0.5)
+                assert not sim.connected.is_set()
+                assert (await client.get("/health")).json()["ocpp"]["refused_handshakes"] >= 1
+    finally:
+        server.stop()

@@ -498,6 +498,12 @@ class CentralSystem:
             security_events=list(charger.security_events),
         )
 
+    async def disconnect(self, device_id: str, reason: str) -> None:
+        """Close a charger's connection (when its device is removed, say)."""
+        link = self._links.get(device_id)
+        if link is not None:
+            await link.websocket.close(1000, reason)
+
     def link(self, device_id: str) -> ChargerLink:
         """The live connection of a charger; ``TransportError`` when it is not connected."""
         link = self._links.get(device_id)

@@ -126,9 +126,12 @@ async def delete_device(
         bool, Query(description="Also delete every stored reading of the device.")
     ] = False,
 ) -> Response:
-    """Stop polling and remove a device (and optionally its telemetry); 404 if unknown."""
+    """Stop polling (or disconnect the charger) and remove a device (and optionally its
+    telemetry); 404 if unknown."""
     services.registry.get(device_id)
     await services.adapters.stop(device_id)
+    if services.ocpp is not None:
+        await services.ocpp.disconnect(device_id, "device removed")
     await services.registry.remove(device_id)
     if purge_telemetry:
         await services.store.delete_device(device_id)
