@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     mqtt_tls_ca: Path | None = _setting(None, "mqtt_tls_ca")
     mqtt_tls_cert: Path | None = _setting(None, "mqtt_tls_cert")
     mqtt_tls_key: Path | None = _setting(None, "mqtt_tls_key")
+    control_wait_s: float = _setting(10.0, "control_wait_s", gt=0, le=600)
+    """How long ``POST /api/v1/control`` waits for the device's answer before replying 202."""
     ocpp_enabled: bool = _setting(True, "ocpp_enabled")
     """Run the OCPP central system that EV chargers connect to."""
     ocpp_port: int = _setting(9000, "ocpp_port", ge=0, le=65535)

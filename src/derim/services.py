@@ -21,6 +21,8 @@ from derim.adapters.ocpp.central import CentralSystem
 from derim.adapters.ocpp.site import SiteBalancer
 from derim.bus import IngestBus
 from derim.config import Settings
+from derim.control.controller import Controller
+from derim.control.store import CommandStore
 from derim.errors import ConfigError, DerimError, InvalidRequestError
 from derim.models.device import DERDevice
 from derim.models.telemetry import DERTelemetry
@@ -68,6 +70,7 @@ class Services:
     adapters: AdapterManager
     rejects: RejectStore
     sessions: SessionStore
+    controller: Controller
     mqtt: MqttAdapter | None = None
     ocpp: CentralSystem | None = None
     sites: SiteBalancer | None = None
@@ -131,19 +134,24 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         sessions = SessionStore(settings.data_dir / "sessions.db")
         await sessions.open()
         stack.push_async_callback(sessions.close)
+        commands = CommandStore(settings.data_dir / "commands.db")
+        await commands.open()
+        stack.push_async_callback(commands.close)
+        controller = Controller(registry, commands, adapters, wait_s=settings.control_wait_s)
+        stack.push_async_callback(controller.aclose)
         services = Services(
-            settings, registry, store, spool, writer, bus, adapters, rejects, sessions
+            settings, registry, store, spool, writer, bus, adapters, rejects, sessions, controller
         )
         if settings.ocpp_enabled:
             central = CentralSystem(settings, registry, sessions, rejects, services.ingest)
             await central.start()
             stack.push_async_callback(central.aclose)
-            services.ocpp = central
+            services.ocpp = controller.ocpp = central
             services.sites = SiteBalancer(central)
             central.sessions_changed = services.sites.sessions_changed
             stack.push_async_callback(services.sites.aclose)
         if settings.mqtt_url is not None:
-            services.mqtt = _mqtt_adapter(settings, registry, rejects)
+            services.mqtt = controller.mqtt = _mqtt_adapter(settings, registry, rejects)
             ingesting = asyncio.create_task(services.mqtt.run(services.ingest), name="derim-mqtt")
             stack.push_async_callback(cancel_and_wait, ingesting)
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")

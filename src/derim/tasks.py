@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 RECANCEL_AFTER_S = 0.5
 """How long a cancelled task gets to end before it is cancelled again."""
 
 
-async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel ``task`` (if any) and wait until it has ended, whatever it ended with.
 
     Python 3.11's ``asyncio.wait_for`` (used inside libraries such as ``ocpp``) can swallow a

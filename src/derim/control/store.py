@@ -1,0 +1,100 @@
+"""Command records in their own SQLite file: each step of each command, kept across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from derim.errors import NotFoundError, StorageError
+from derim.models.command import CommandResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS commands (
+    command_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_by_device ON commands (device_id, requested_at);
+"""
+
+
+class CommandStore:
+    """Save (insert or update) and read command records."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        """Create or open the file."""
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    async def save(self, record: CommandResult) -> None:
+        """Store the record as it is now (committed on return)."""
+        requested_at = record.history[0][1] if record.history else datetime.now()
+        row = (str(record.command_id), record.device_id, requested_at.isoformat(),
+               record.model_dump_json())  # fmt: skip
+        await asyncio.to_thread(self._execute, row)
+
+    def _execute(self, row: tuple[str, str, str, str]) -> None:
+        with self._lock:
+            try:
+                self._connection().execute(
+                    "INSERT OR REPLACE INTO commands (command_id, device_id, requested_at, body)"
+                    " VALUES (?, ?, ?, ?)",
+                    row,
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(f"could not record command {row[0]}: {exc}") from exc
+
+    async def get(self, command_id: str) -> CommandResult:
+        """One command's record; ``NotFoundError`` if there is none."""
+        rows = await asyncio.to_thread(
+            self._query, "SELECT body FROM commands WHERE command_id = ?", (command_id,)
+        )
+        if not rows:
+            raise NotFoundError("command", command_id)
+        return CommandResult.model_validate_json(rows[0])
+
+    async def for_device(
+        self, device_id: str, limit: int = 100, before: datetime | None = None
+    ) -> list[CommandResult]:
+        """A device's commands, newest first, ``limit`` of them, requested before ``before``."""
+        rows = await asyncio.to_thread(
+            self._query,
+            "SELECT body FROM commands WHERE device_id = ? AND requested_at < ?"
+            " ORDER BY requested_at DESC LIMIT ?",
+            (device_id, before.isoformat() if before else "9999", limit),
+        )
+        return [CommandResult.model_validate_json(body) for body in rows]
+
+    def _query(self, statement: str, params: tuple[object, ...]) -> list[str]:
+        with self._lock:
+            try:
+                return [row[0] for row in self._connection().execute(statement, params)]
+            except sqlite3.Error as exc:
+                raise StorageError(f"command store {self.path}: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StorageError("the command store is not open")
+        return self._db
