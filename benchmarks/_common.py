@@ -260,6 +260,7 @@ def derim_server(data_dir: Path, port: int, **settings: str) -> ServerProcess:
         DERIM_PORT=str(port),
         DERIM_HOST="127.0.0.1",
         DERIM_LOG_LEVEL="WARNING",
+        DERIM_AUTH_ENABLED="false",  # measures the data path, not key checks
         **{f"DERIM_{k.upper()}": v for k, v in settings.items()},
     )
     return ServerProcess(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import ipaddress
 import random
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,11 +20,13 @@ import uvicorn
 from tqdm import tqdm
 
 from derim import __version__
+from derim.cli_keys import keys
 from derim.config import Settings, load_settings
 from derim.errors import DerimError
 from derim.logging import configure_logging
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice
+from derim.security.audit import AuditEntry, AuditLog
 from derim.services import Services, running_services
 from derim.sim.ocpp_charger import SimulatedCharger
 from derim.storage.base import Aggregation, Interval, TelemetryQuery, to_epoch_ms
@@ -86,6 +90,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         host=host or settings.host,
         port=port if port is not None else settings.port,
         log_config=None,
+        ssl_certfile=settings.api_tls_cert,
+        ssl_keyfile=settings.api_tls_key,
     )
 
 
@@ -95,9 +101,14 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 @click.pass_context
 def demo(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the API with a sample fleet: a simulated SunSpec PV inverter and battery polled
-    over Modbus TCP, other devices fed every 10 s, and a day of history."""
+    over Modbus TCP, MQTT meters, OCPP chargers, other devices fed every 10 s, and a day of
+    history. Bound to a loopback address, it runs without API keys."""
     settings = _settings(ctx)
-    _run(_serve_demo(settings, host or settings.host, port or settings.port))
+    host = host or settings.host
+    if ipaddress.ip_address(socket.gethostbyname(host)).is_loopback:
+        # Only this machine can reach it: the demo runs without API keys (and says so loudly).
+        settings = settings.model_copy(update={"auth_enabled": False})
+    _run(_serve_demo(settings, host, port or settings.port))
 
 
 async def _serve_demo(settings: Settings, host: str, port: int) -> None:
@@ -202,6 +213,9 @@ async def _demo_broker(settings: Settings, stack: contextlib.AsyncExitStack) -> 
     return broker.url
 
 
+main.add_command(keys)
+
+
 @main.group()
 def devices() -> None:
     """Manage the device registry."""
@@ -271,6 +285,7 @@ def devices_add(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     _run(_with_registry(_settings(ctx), lambda registry: registry.add(device)))
+    _audit_cli(ctx, "device.create", device_id, device_type=device_type)
     click.echo(f"added {device_id}")
 
 
@@ -280,7 +295,20 @@ def devices_add(
 def devices_remove(ctx: click.Context, device_id: str) -> None:
     """Remove a device from the registry (its telemetry stays)."""
     _run(_with_registry(_settings(ctx), lambda registry: registry.remove(device_id)))
+    _audit_cli(ctx, "device.delete", device_id)
     click.echo(f"removed {device_id}")
+
+
+def _audit_cli(ctx: click.Context, action: str, target: str, **detail: object) -> None:
+    """Record a registry change made from the command line in the audit log."""
+    audit = AuditLog(_settings(ctx).data_dir / "audit.db")
+    audit.open_sync()
+    try:
+        audit.record_sync(
+            AuditEntry(actor="cli", action=action, target=target, result="ok", detail=detail)
+        )
+    finally:
+        audit.close()
 
 
 def _csv_rows(handle: TextIO, device_id: str | None) -> Iterator[tuple[int, dict[str, Any]]]:

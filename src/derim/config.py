@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     mqtt_tls_ca: Path | None = _setting(None, "mqtt_tls_ca")
     mqtt_tls_cert: Path | None = _setting(None, "mqtt_tls_cert")
     mqtt_tls_key: Path | None = _setting(None, "mqtt_tls_key")
+    api_tls_cert: Path | None = _setting(None, "api_tls_cert")
+    api_tls_key: Path | None = _setting(None, "api_tls_key")
+    """With both set, ``derim serve`` serves the API over HTTPS."""
+    auth_enabled: bool = _setting(True, "auth_enabled")
+    """Require an API key on every route but /health; false only for a local demo (loudly)."""
     control_wait_s: float = _setting(10.0, "control_wait_s", gt=0, le=600)
     """How long ``POST /api/v1/control`` waits for the device's answer before replying 202."""
     ocpp_enabled: bool = _setting(True, "ocpp_enabled")

@@ -28,6 +28,14 @@ class ConflictError(DerimError):
     """The request conflicts with existing state (for example a duplicate device id)."""
 
 
+class AuthenticationError(DerimError):
+    """The caller gave no API key, or one that is unknown or revoked."""
+
+
+class PermissionDeniedError(DerimError):
+    """The caller's role may not do this."""
+
+
 class InvalidRequestError(DerimError):
     """A request is invalid; ``field`` names the culprit, ``details`` lists every problem.
 

@@ -26,6 +26,8 @@ from derim.control.store import CommandStore
 from derim.errors import ConfigError, DerimError, InvalidRequestError
 from derim.models.device import DERDevice
 from derim.models.telemetry import DERTelemetry
+from derim.security.audit import AuditLog
+from derim.security.keys import KeyStore
 from derim.storage.base import Store
 from derim.storage.durable import DurableWriter
 from derim.storage.registry import DeviceRegistry
@@ -71,6 +73,8 @@ class Services:
     rejects: RejectStore
     sessions: SessionStore
     controller: Controller
+    keys: KeyStore
+    audit: AuditLog
     mqtt: MqttAdapter | None = None
     ocpp: CentralSystem | None = None
     sites: SiteBalancer | None = None
@@ -139,9 +143,17 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(commands.close)
         controller = Controller(registry, commands, adapters, wait_s=settings.control_wait_s)
         stack.push_async_callback(controller.aclose)
+        keys = KeyStore(settings.data_dir / "keys.db")
+        await keys.open()
+        stack.callback(keys.close)
+        audit = AuditLog(settings.data_dir / "audit.db")
+        await audit.open()
+        stack.callback(audit.close)
+        _warn_about_auth(settings, keys)
         services = Services(
-            settings, registry, store, spool, writer, bus, adapters, rejects, sessions, controller
-        )
+            settings, registry, store, spool, writer, bus, adapters, rejects, sessions,
+            controller, keys, audit,
+        )  # fmt: skip
         if settings.ocpp_enabled:
             central = CentralSystem(settings, registry, sessions, rejects, services.ingest)
             await central.start()
@@ -157,6 +169,17 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
         stack.push_async_callback(cancel_and_wait, maintenance)
         yield services
+
+
+def _warn_about_auth(settings: Settings, keys: KeyStore) -> None:
+    """Say loudly when the API is open, and how to get in when no key exists yet."""
+    if not settings.auth_enabled:
+        log.warning(
+            "AUTHENTICATION IS DISABLED (auth_enabled: false): anyone who can reach the API "
+            "may read, control and reconfigure every device. Use this only for a local demo."
+        )
+    elif not keys.listing():
+        log.warning("no API keys yet: create one with `derim keys create --role admin --name me`")
 
 
 def _mqtt_adapter(

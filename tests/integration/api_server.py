@@ -17,6 +17,8 @@ class ApiServer:
     """``derim``'s FastAPI app served over real HTTP on 127.0.0.1:<free port>."""
 
     def __init__(self, data_dir: Path, **settings: Any) -> None:
+        # API tests of other features run without keys, explicitly; test_auth.py turns it on.
+        settings.setdefault("auth_enabled", False)
         self.settings = load_settings(data_dir=data_dir, **settings)
         self.app = create_app(self.settings)
         config = uvicorn.Config(

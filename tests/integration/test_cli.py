@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from certificates import make_certificates
 
 DERIM = [sys.executable, "-m", "derim.cli"]
 
@@ -97,3 +100,51 @@ def test_serve_answers_health_and_shuts_down(tmp_path: Path) -> None:
     assert process.returncode in (0, -signal.SIGTERM), "uvicorn re-raises SIGTERM after shutdown"
     assert "Traceback" not in errors, errors
     assert (tmp_path / "derim.db").exists()
+
+
+def test_keys_are_created_listed_and_revoked_and_serve_speaks_tls(tmp_path: Path) -> None:
+    """``derim keys`` prints a token once and lists keys without secrets; ``derim serve`` with
+    a certificate answers over HTTPS and honours the key until it is revoked."""
+    created = run(tmp_path, "keys", "create", "--role", "viewer", "--name", "grafana")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip().splitlines()[-1]
+    key_id = token.split("_")[1]
+    listed = run(tmp_path, "keys", "list").stdout
+    assert key_id in listed
+    assert "grafana" in listed
+    assert token.split("_", 2)[2] not in listed
+    ca, cert, key = make_certificates(tmp_path)
+    port = free_port()
+    env = {**os.environ, "DERIM_DATA_DIR": str(tmp_path), "DERIM_PORT": str(port),
+           "DERIM_LOG_LEVEL": "WARNING", "DERIM_OCPP_ENABLED": "false",
+           "DERIM_API_TLS_CERT": str(cert), "DERIM_API_TLS_KEY": str(key)}  # fmt: skip
+    process = subprocess.Popen([*DERIM, "serve"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        trust = ssl.create_default_context(cafile=str(ca))
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trust, timeout=5) as web:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    web.get("/health")
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        pytest.fail("derim serve did not come up over TLS")
+                    time.sleep(0.2)
+            headers = {"Authorization": f"Bearer {token}"}
+            assert web.get("/api/v1/devices", headers=headers).status_code == 200
+            assert web.get("/api/v1/devices").status_code == 401
+            assert run(tmp_path, "keys", "revoke", key_id).returncode == 0
+            assert web.get("/api/v1/devices", headers=headers).status_code == 401
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert run(tmp_path, "devices", "add", "pv-9", "--type", "solar_pv").returncode == 0
+    audit = sqlite3.connect(tmp_path / "audit.db")
+    trail = audit.execute("SELECT actor, action, target FROM audit ORDER BY id").fetchall()
+    audit.close()
+    assert trail == [
+        ("cli", "key.create", key_id),
+        ("cli", "key.revoke", key_id),
+        ("cli", "device.create", "pv-9"),
+    ]

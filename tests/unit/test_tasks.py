@@ -38,3 +38,32 @@ async def test_a_finished_or_missing_task_is_fine() -> None:
     await task
     await cancel_and_wait(task)
     await cancel_and_wait(None)
+
+
+async def test_clean_up_is_not_cut_short_when_the_caller_is_cancelled_again() -> None:
+    """A task cancelled twice while its ``finally`` waits for a slow child still ends the
+    child before it ends itself (and ends cancelled)."""
+    child_ended = asyncio.Event()
+
+    async def slow_child() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.2)
+            child_ended.set()
+
+    async def parent() -> None:
+        child = asyncio.create_task(slow_child())
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await cancel_and_wait(child)
+
+    task = asyncio.create_task(parent())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert child_ended.is_set()
+    assert task.cancelled()

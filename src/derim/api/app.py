@@ -11,7 +11,16 @@ from derim import __version__
 from derim.api.errors import install_error_handlers
 from derim.api.limits import BodyLimitMiddleware
 from derim.api.responses import JSONResponse
-from derim.api.routes import control, devices, fleet, health, rejects, sites, telemetry
+from derim.api.routes import (
+    admin,
+    control,
+    devices,
+    fleet,
+    health,
+    rejects,
+    sites,
+    telemetry,
+)
 from derim.config import Settings
 from derim.services import running_services
 
@@ -35,6 +44,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    for module in (health, devices, telemetry, rejects, fleet, control, sites):
+    for module in (health, devices, telemetry, rejects, fleet, control, sites, admin):
         app.include_router(module.router)
     return app

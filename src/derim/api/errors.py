@@ -18,11 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from derim.api.responses import JSONResponse
 from derim.errors import (
+    AuthenticationError,
     ConflictError,
     DerimError,
     DeviceRejected,
     InvalidRequestError,
     NotFoundError,
+    PermissionDeniedError,
     ProtocolError,
     StorageError,
     TransportError,
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 
 STATUS_BY_ERROR: list[tuple[type[DerimError], int]] = [
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
     (DeviceRejected, 409),
@@ -88,7 +92,10 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(500, "internal error")
         if isinstance(exc, InvalidRequestError):
             return error_response(status, f"invalid request: {exc}", exc.details)
-        return error_response(status, str(exc))
+        response = error_response(status, str(exc))
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="derim"'
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> Any:

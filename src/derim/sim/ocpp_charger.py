@@ -118,16 +118,21 @@ class SimulatedCharger:
     async def run(self) -> None:
         """Connect, boot and serve; reconnect ``reconnect_s`` after the connection drops or
         fails. Runs until cancelled (and then closes the websocket)."""
-        while True:
-            try:
-                await self._session()
-            except (OSError, TimeoutError, WebSocketException, AdapterError) as exc:
-                log = logger.debug if self._down_logged else logger.warning
-                log("%s: connection lost or failed: %r", self.charge_point_id, exc)
-                self._down_logged = True
-            except Exception:  # a bug must not end the simulator; it is logged in full
-                logger.exception("%s: session failed", self.charge_point_id)
-            await asyncio.sleep(self.reconnect_s)
+        try:
+            while True:
+                try:
+                    await self._session()
+                except (OSError, TimeoutError, WebSocketException, AdapterError) as exc:
+                    log = logger.debug if self._down_logged else logger.warning
+                    log("%s: connection lost or failed: %r", self.charge_point_id, exc)
+                    self._down_logged = True
+                except Exception:  # a bug must not end the simulator; it is logged in full
+                    logger.exception("%s: session failed", self.charge_point_id)
+                await asyncio.sleep(self.reconnect_s)
+        finally:
+            # A task spawned while a cancelled session was winding down ends here at the latest.
+            while self._tasks:
+                await cancel_and_wait(self._tasks.pop())
 
     async def plug_in(
         self,

@@ -7,7 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from derim.api.auth import Operator, Viewer, audit
 from derim.api.deps import get_services
+from derim.errors import DerimError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus
 from derim.services import Services
 
@@ -21,7 +23,11 @@ ServicesDep = Annotated[Services, Depends(get_services)]
                      "model": CommandResult}},
 )  # fmt: skip
 async def control(
-    device_id: str, command: CommandRequest, services: ServicesDep, response: Response
+    device_id: str,
+    command: CommandRequest,
+    services: ServicesDep,
+    response: Response,
+    caller: Operator,
 ) -> CommandResult:
     """Send a command and report what the device did, as the command's record.
 
@@ -34,14 +40,28 @@ async def control(
     ``GET /api/v1/commands/{command_id}``. ``battery_charge`` and ``battery_discharge`` are
     carried out, and recorded, as the ``set_active_power`` they mean.
     """
-    record = await services.controller.submit(device_id, command)
+    detail = command.model_dump(mode="json", exclude_defaults=True)
+    try:
+        record = await services.controller.submit(device_id, command)
+    except DerimError as exc:
+        await audit(services, caller, "control", device_id, f"refused: {exc}", request=detail)
+        raise
+    await audit(
+        services,
+        caller,
+        "control",
+        device_id,
+        record.status.value,
+        request=detail,
+        command_id=str(record.command_id),
+    )
     if record.status is CommandStatus.SENT:
         response.status_code = 202
     return record
 
 
 @router.get("/api/v1/commands/{command_id}")
-async def get_command(command_id: str, services: ServicesDep) -> CommandResult:
+async def get_command(command_id: str, services: ServicesDep, caller: Viewer) -> CommandResult:
     """One command's record: request, status, each step's time, the device's answer; 404 if
     unknown."""
     return await services.controller.store.get(command_id)
@@ -51,6 +71,7 @@ async def get_command(command_id: str, services: ServicesDep) -> CommandResult:
 async def device_commands(
     device_id: str,
     services: ServicesDep,
+    caller: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[
         datetime | None, Query(description="Only commands requested earlier.")

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from derim.adapters.base import ConnectionState
 from derim.adapters.ocpp.central import ChargerView
+from derim.api.auth import Admin, Viewer, audit
 from derim.api.deps import get_services
 from derim.errors import ConflictError
 from derim.models.common import DeviceType
@@ -56,6 +57,7 @@ def _view(device: DERDevice, services: Services) -> DeviceView:
 @router.get("")
 async def list_devices(
     services: ServicesDep,
+    caller: Viewer,
     device_type: Annotated[DeviceType | None, Query(description="Only this type.")] = None,
     group: Annotated[str | None, Query(description="Only members of this group.")] = None,
 ) -> list[DeviceView]:
@@ -69,7 +71,7 @@ async def list_devices(
 
 
 @router.post("", status_code=201)
-async def create_device(device: DERDevice, services: ServicesDep) -> DeviceView:
+async def create_device(device: DERDevice, services: ServicesDep, caller: Admin) -> DeviceView:
     """Register a device and start polling it if its protocol is polled; 409 if the id is taken.
 
     422 when a polled device's connection is unusable (for example an unknown device profile).
@@ -79,6 +81,7 @@ async def create_device(device: DERDevice, services: ServicesDep) -> DeviceView:
     adapter = services.adapters.prepare(device)
     device = await services.registry.add(device)
     services.adapters.start(device.id, adapter)
+    await audit(services, caller, "device.create", device.id, "ok", device=_audited(device))
     return _view(device, services)
 
 
@@ -86,6 +89,7 @@ async def create_device(device: DERDevice, services: ServicesDep) -> DeviceView:
 async def device_sessions(
     device_id: str,
     services: ServicesDep,
+    caller: Viewer,
     state: Annotated[SessionState | None, Query(description="Only running or ended ones.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[
@@ -102,19 +106,23 @@ async def device_sessions(
 
 
 @router.get("/{device_id}")
-async def get_device(device_id: str, services: ServicesDep) -> DeviceView:
+async def get_device(device_id: str, services: ServicesDep, caller: Viewer) -> DeviceView:
     """One device with its connection state and last-seen time; 404 if unknown."""
     return _view(services.registry.get(device_id), services)
 
 
 @router.patch("/{device_id}")
-async def update_device(device_id: str, patch: DevicePatch, services: ServicesDep) -> DeviceView:
+async def update_device(
+    device_id: str, patch: DevicePatch, services: ServicesDep, caller: Admin
+) -> DeviceView:
     """Change some fields of a device (polling restarts with them); 404 if unknown."""
     changed = apply_patch(services.registry.get(device_id), patch)
     adapter = services.adapters.prepare(changed)
     await services.adapters.stop(device_id)
     device = await services.registry.update(device_id, patch)
     services.adapters.start(device_id, adapter)
+    changes = patch.model_dump(mode="json", exclude_unset=True)
+    await audit(services, caller, "device.update", device_id, "ok", changes=changes)
     return _view(device, services)
 
 
@@ -122,6 +130,7 @@ async def update_device(device_id: str, patch: DevicePatch, services: ServicesDe
 async def delete_device(
     device_id: str,
     services: ServicesDep,
+    caller: Admin,
     purge_telemetry: Annotated[
         bool, Query(description="Also delete every stored reading of the device.")
     ] = False,
@@ -135,4 +144,10 @@ async def delete_device(
     await services.registry.remove(device_id)
     if purge_telemetry:
         await services.store.delete_device(device_id)
+    await audit(services, caller, "device.delete", device_id, "ok", purge_telemetry=purge_telemetry)
     return Response(status_code=204)
+
+
+def _audited(device: DERDevice) -> dict[str, object]:
+    """What the audit log keeps of a device: its identity and where DERIM connects to."""
+    return device.model_dump(mode="json", include={"id", "device_type", "connection"})

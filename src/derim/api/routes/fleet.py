@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
+from derim.api.auth import Viewer
 from derim.api.deps import get_services
 from derim.services import Services
 
@@ -21,6 +22,7 @@ def _bucket() -> dict[str, Any]:
 @router.get("/summary")
 async def fleet_summary(
     services: ServicesDep,
+    caller: Viewer,
     stale_after_s: Annotated[
         float, Query(gt=0, description="Readings older than this do not count as current.")
     ] = 900,

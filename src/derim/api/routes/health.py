@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from derim import __version__
 from derim.adapters.mqtt.adapter import MqttAdapter
 from derim.adapters.ocpp.central import CentralSystem
+from derim.api.auth import Viewer
 from derim.api.deps import get_services
 from derim.api.metrics import render_metrics
 from derim.errors import DerimError
@@ -39,6 +40,7 @@ async def health(services: ServicesDep) -> dict[str, Any]:
     bus = services.bus.counters
     return {
         "status": "ok" if state["reachable"] else "degraded",
+        "auth": "enabled" if services.settings.auth_enabled else "DISABLED: the API is open",
         "version": __version__,
         "uptime_s": round(time.time() - services.started_at, 3),
         "storage": state,
@@ -88,6 +90,6 @@ def _ocpp(central: CentralSystem) -> dict[str, Any]:
 
 
 @router.get("/metrics")
-async def metrics(services: ServicesDep) -> Response:
+async def metrics(services: ServicesDep, caller: Viewer) -> Response:
     """Prometheus text exposition."""
     return Response(render_metrics(services), media_type=CONTENT_TYPE_LATEST)

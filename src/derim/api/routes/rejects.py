@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
+from derim.api.auth import Viewer
 from derim.api.deps import get_services
 from derim.services import Services
 from derim.storage.rejects import Reject
@@ -40,6 +41,7 @@ class RejectPage(BaseModel):
 @router.get("/rejects")
 async def rejects(
     services: ServicesDep,
+    caller: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[int | None, Query(ge=1, description="Only rejects with smaller ids.")] = None,
 ) -> RejectPage:

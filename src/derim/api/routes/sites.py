@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from derim.adapters.ocpp.site import SiteBalancer, SiteView
+from derim.api.auth import Operator, Viewer, audit
 from derim.api.deps import get_services
 from derim.errors import InvalidRequestError
 from derim.services import Services
@@ -34,26 +35,32 @@ def _balancer(services: Services) -> SiteBalancer:
 
 
 @router.get("")
-async def list_sites(services: ServicesDep) -> list[SiteView]:
+async def list_sites(services: ServicesDep, caller: Viewer) -> list[SiteView]:
     """Every site that has a limit, with its current split across running sessions."""
     return _balancer(services).sites()
 
 
 @router.get("/{site}")
-async def get_site(site: SiteName, services: ServicesDep) -> SiteView:
+async def get_site(site: SiteName, services: ServicesDep, caller: Viewer) -> SiteView:
     """A site's limit (null when none) and its split: each session's share and its charger's
     answer."""
     return _balancer(services).view(site)
 
 
 @router.put("/{site}/limit")
-async def set_site_limit(site: SiteName, body: SiteLimit, services: ServicesDep) -> SiteView:
+async def set_site_limit(
+    site: SiteName, body: SiteLimit, services: ServicesDep, caller: Operator
+) -> SiteView:
     """Limit the group's chargers to ``limit_kw`` together; the split is sent before the reply
     and redone whenever one of their sessions starts or stops."""
-    return await _balancer(services).set_limit(site, body.limit_kw)
+    view = await _balancer(services).set_limit(site, body.limit_kw)
+    await audit(services, caller, "site.limit", site, "ok", limit_kw=body.limit_kw)
+    return view
 
 
 @router.delete("/{site}/limit")
-async def clear_site_limit(site: SiteName, services: ServicesDep) -> SiteView:
+async def clear_site_limit(site: SiteName, services: ServicesDep, caller: Operator) -> SiteView:
     """Remove the site's limit and the shares its chargers hold."""
-    return await _balancer(services).set_limit(site, None)
+    view = await _balancer(services).set_limit(site, None)
+    await audit(services, caller, "site.limit", site, "ok", limit_kw=None)
+    return view

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from derim.api.auth import Operator, Viewer
 from derim.api.deps import get_services
 from derim.api.responses import JSONResponse
 from derim.errors import InvalidRequestError
@@ -50,7 +51,7 @@ INGEST_BODY_SCHEMA = {
 
 
 @router.post("", status_code=202, openapi_extra=INGEST_BODY_SCHEMA)
-async def ingest(request: Request, services: ServicesDep) -> JSONResponse:
+async def ingest(request: Request, services: ServicesDep, caller: Operator) -> JSONResponse:
     """Store a JSON array of readings; returns once they are stored (or durably spooled).
 
     Each reading is validated with its device's telemetry class; 404 for an unknown device, 422
@@ -70,6 +71,7 @@ async def ingest(request: Request, services: ServicesDep) -> JSONResponse:
 async def query_telemetry(
     device_id: str,
     services: ServicesDep,
+    caller: Viewer,
     start: Annotated[datetime | None, Query(description="Inclusive; default end - 24 h.")] = None,
     end: Annotated[datetime | None, Query(description="Exclusive; default now.")] = None,
     fields: Annotated[
@@ -134,7 +136,7 @@ def _to_csv(records_json: bytes) -> str:
 
 
 @router.get("/{device_id}/latest")
-async def latest(device_id: str, services: ServicesDep) -> JSONResponse:
+async def latest(device_id: str, services: ServicesDep, caller: Viewer) -> JSONResponse:
     """The newest stored reading of a device; 404 if the device is unknown or has no data."""
     services.registry.get(device_id)
     found = await services.store.latest([device_id])
