@@ -6,10 +6,11 @@ Priority, highest first: explicit overrides, environment, the YAML file, default
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -83,6 +84,18 @@ class Settings(BaseSettings):
     api_tls_cert: Path | None = _setting(None, "api_tls_cert")
     api_tls_key: Path | None = _setting(None, "api_tls_key")
     """With both set, ``derim serve`` serves the API over HTTPS."""
+    allowed_networks: list[IPv4Network | IPv6Network] = _setting(
+        ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+        "allowed_networks",
+    )
+    """Networks that devices registered over the API may be reached in (loopback and private
+    ranges by default); a host resolving outside them is refused."""
+    rate_limit_per_s: float = _setting(50.0, "rate_limit_per_s", gt=0)
+    rate_limit_burst: int = _setting(200, "rate_limit_burst", ge=1)
+    """Requests each API key may make: a sustained rate (per s) and a burst; then 429."""
+    cors_origins: list[str] = _setting([], "cors_origins")
+    """Browser origins (``https://dashboard.example``) allowed to call the API; none by
+    default, and never ``*``."""
     auth_enabled: bool = _setting(True, "auth_enabled")
     """Require an API key on every route but /health; false only for a local demo (loudly)."""
     control_wait_s: float = _setting(10.0, "control_wait_s", gt=0, le=600)
@@ -114,6 +127,14 @@ class Settings(BaseSettings):
     """Id tags that Authorize accepts; None accepts any."""
     devices: list[DERDevice] = _setting([], "devices")
     """The fleet: devices registered (or updated) at start."""
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _explicit_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*" or not origin.startswith(("https://", "http://")):
+                raise ValueError(f"{origin!r}: name each origin as scheme://host[:port]")
+        return origins
 
     @property
     def database_path(self) -> Path:

@@ -36,6 +36,14 @@ class PermissionDeniedError(DerimError):
     """The caller's role may not do this."""
 
 
+class RateLimitedError(DerimError):
+    """The caller sent more requests than its key may; ``retry_after_s`` says when to retry."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class InvalidRequestError(DerimError):
     """A request is invalid; ``field`` names the culprit, ``details`` lists every problem.
 

@@ -28,6 +28,7 @@ from derim.models.device import DERDevice
 from derim.models.telemetry import DERTelemetry
 from derim.security.audit import AuditLog
 from derim.security.keys import KeyStore
+from derim.security.ratelimit import RateLimiter
 from derim.storage.base import Store
 from derim.storage.durable import DurableWriter
 from derim.storage.registry import DeviceRegistry
@@ -75,6 +76,7 @@ class Services:
     controller: Controller
     keys: KeyStore
     audit: AuditLog
+    rate_limiter: RateLimiter
     mqtt: MqttAdapter | None = None
     ocpp: CentralSystem | None = None
     sites: SiteBalancer | None = None
@@ -150,9 +152,10 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         await audit.open()
         stack.callback(audit.close)
         _warn_about_auth(settings, keys)
+        limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         services = Services(
             settings, registry, store, spool, writer, bus, adapters, rejects, sessions,
-            controller, keys, audit,
+            controller, keys, audit, limiter,
         )  # fmt: skip
         if settings.ocpp_enabled:
             central = CentralSystem(settings, registry, sessions, rejects, services.ingest)

@@ -13,6 +13,8 @@ import httpx
 import pytest
 from api_server import ApiServer
 
+from derim.config import load_settings
+from derim.errors import ConfigError
 from derim.security.keys import KeyStore, Role
 
 PUBLIC = {("GET", "/health")}
@@ -159,3 +161,76 @@ def test_the_audit_log_is_append_only(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute(statement)
     db.close()
+
+
+def test_each_key_has_its_own_request_budget(tmp_path: Path) -> None:
+    """Past its burst a key gets 429 with Retry-After, while another key is still served."""
+    data = tmp_path / "data"
+    store = KeyStore(data / "keys.db")
+    store.open_sync()
+    busy, calm = (store.create(name, Role.VIEWER)[1] for name in ("busy", "calm"))
+    store.close()
+    server = ApiServer(data, auth_enabled=True, rate_limit_per_s=0.5, rate_limit_burst=3).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            codes = [
+                client.get("/api/v1/devices", headers={"X-API-Key": busy}).status_code
+                for _ in range(4)
+            ]
+            assert codes == [200, 200, 200, 429]
+            limited = client.get("/api/v1/devices", headers={"X-API-Key": busy})
+            assert int(limited.headers["retry-after"]) >= 1
+            assert client.get("/api/v1/devices", headers={"X-API-Key": calm}).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_cors_admits_only_the_configured_origins(tmp_path: Path) -> None:
+    """A preflight from a configured origin is allowed; any other origin gets no CORS grant;
+    a wildcard origin is refused at start."""
+    server = ApiServer(tmp_path / "data", cors_origins=["https://dash.example"]).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+
+            def preflight(origin: str) -> httpx.Response:
+                return client.options(
+                    "/api/v1/devices",
+                    headers={"Origin": origin, "Access-Control-Request-Method": "GET"},
+                )
+
+            granted = preflight("https://dash.example")
+            assert granted.headers["access-control-allow-origin"] == "https://dash.example"
+            assert "access-control-allow-origin" not in preflight("https://evil.example").headers
+    finally:
+        server.stop()
+    with pytest.raises(ConfigError, match="cors_origins"):
+        load_settings(data_dir=tmp_path, cors_origins=["*"])
+
+
+def test_devices_may_only_point_at_allowed_networks(tmp_path: Path) -> None:
+    """A Modbus host outside ``allowed_networks`` (by default a public address) is 422 on
+    create and on change; inside, it is accepted."""
+    server = ApiServer(tmp_path / "data", allowed_networks=["127.0.0.0/8"]).start()
+
+    def meter(host: str) -> dict[str, object]:
+        return {"protocol": "modbus", "host": host, "port": 1502, "unit_id": 1,
+                "profile": "generic_meter", "poll_interval_s": 60}  # fmt: skip
+
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            outside = client.post(
+                "/api/v1/devices",
+                json={"id": "m-out", "device_type": "meter", "connection": meter("192.168.1.5")},
+            )
+            assert outside.status_code == 422
+            assert "allowed_networks" in outside.text
+            inside = client.post(
+                "/api/v1/devices",
+                json={"id": "m-in", "device_type": "meter", "connection": meter("127.0.0.1")},
+            )
+            assert inside.status_code == 201
+            moved = client.patch("/api/v1/devices/m-in", json={"connection": meter("8.8.8.8")})
+            assert moved.status_code == 422
+            assert [d["id"] for d in client.get("/api/v1/devices").json()] == ["m-in"]
+    finally:
+        server.stop()

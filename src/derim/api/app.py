@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from derim import __version__
 from derim.api.errors import install_error_handlers
@@ -43,6 +44,14 @@ def create_app(settings: Settings) -> FastAPI:
         default_response_class=JSONResponse,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            allow_credentials=False,
+        )
     install_error_handlers(app)
     for module in (health, devices, telemetry, rejects, fleet, control, sites, admin):
         app.include_router(module.router)

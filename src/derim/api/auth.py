@@ -1,7 +1,8 @@
 """Who is calling: every route but ``/health`` (and the API docs) names the role it needs.
 
 A caller presents an API key as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; no
-key or an unknown one is 401, a role too weak for the route 403. With ``auth_enabled: false``
+key or an unknown one is 401, a key over its request budget 429, a role too weak for the
+route 403. With ``auth_enabled: false``
 (only ever set explicitly, for a local demo) every caller is ``local`` with the admin role.
 """
 
@@ -13,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from derim.api.deps import get_services
-from derim.errors import AuthenticationError, PermissionDeniedError
+from derim.errors import AuthenticationError, PermissionDeniedError, RateLimitedError
 from derim.security.audit import AuditEntry
 from derim.security.keys import Role
 from derim.services import Services
@@ -58,6 +59,10 @@ def requires(role: Role) -> object:
         key = services.keys.verify(token)
         if key is None:
             raise AuthenticationError("unknown or revoked API key")
+        wait_s = services.rate_limiter.take(key.key_id)
+        if wait_s > 0:
+            rate = services.settings.rate_limit_per_s
+            raise RateLimitedError(f"the key {key.key_id} is over its {rate:g} requests/s", wait_s)
         if not key.role.allows(role):
             raise PermissionDeniedError(
                 f"this needs the {role.value} role; the key {key.key_id} is {key.role.value}"

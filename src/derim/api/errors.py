@@ -8,6 +8,7 @@ bug and gets 500 with no details leaked.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from derim.errors import (
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
+    RateLimitedError,
     StorageError,
     TransportError,
 )
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: list[tuple[type[DerimError], int]] = [
     (AuthenticationError, 401),
     (PermissionDeniedError, 403),
+    (RateLimitedError, 429),
     (NotFoundError, 404),
     (ConflictError, 409),
     (DeviceRejected, 409),
@@ -95,6 +98,8 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(status, str(exc))
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="derim"'
+        if isinstance(exc, RateLimitedError):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         return response
 
     @app.exception_handler(RequestValidationError)

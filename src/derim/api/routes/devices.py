@@ -16,6 +16,7 @@ from derim.errors import ConflictError
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice, DevicePatch, apply_patch
 from derim.models.session import ChargingSession, SessionState
+from derim.security.network import check_target
 from derim.services import Services
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
@@ -74,10 +75,12 @@ async def list_devices(
 async def create_device(device: DERDevice, services: ServicesDep, caller: Admin) -> DeviceView:
     """Register a device and start polling it if its protocol is polled; 409 if the id is taken.
 
-    422 when a polled device's connection is unusable (for example an unknown device profile).
+    422 when a polled device's connection is unusable (for example an unknown device profile)
+    or its host is outside ``allowed_networks``.
     """
     if services.registry.find(device.id) is not None:
         raise ConflictError(f"device {device.id!r} already exists")
+    await check_target(device, services.settings.allowed_networks)
     adapter = services.adapters.prepare(device)
     device = await services.registry.add(device)
     services.adapters.start(device.id, adapter)
@@ -117,6 +120,7 @@ async def update_device(
 ) -> DeviceView:
     """Change some fields of a device (polling restarts with them); 404 if unknown."""
     changed = apply_patch(services.registry.get(device_id), patch)
+    await check_target(changed, services.settings.allowed_networks)
     adapter = services.adapters.prepare(changed)
     await services.adapters.stop(device_id)
     device = await services.registry.update(device_id, patch)
