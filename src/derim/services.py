@@ -144,6 +144,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         await commands.open()
         stack.push_async_callback(commands.close)
         controller = Controller(registry, commands, adapters, wait_s=settings.control_wait_s)
+        controller.start()
         stack.push_async_callback(controller.aclose)
         keys = KeyStore(settings.data_dir / "keys.db")
         await keys.open()

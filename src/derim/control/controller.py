@@ -1,4 +1,4 @@
-"""Carries a command through its lifecycle and records every step.
+"""Carries a command through its lifecycle and records every step, arbitrating power limits.
 
 requested -> validated -> sent -> acknowledged | rejected | failed | timed_out, or expired
 (past ``expires_at`` before it could be sent); a dry run ends at validated. Each step is
@@ -11,6 +11,7 @@ background and its record completed when the device answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,8 +19,9 @@ from datetime import UTC, datetime
 from derim.adapters.manager import AdapterManager
 from derim.adapters.mqtt.adapter import MqttAdapter
 from derim.adapters.ocpp.central import CentralSystem
+from derim.control.arbitration import Channel, LimitBook, applied, channel_of, claim_of
 from derim.control.store import CommandStore
-from derim.errors import DeviceRejected, InvalidRequestError, TransportError
+from derim.errors import DerimError, DeviceRejected, InvalidRequestError, TransportError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus, CommandType
 from derim.models.device import DERDevice
 from derim.storage.registry import DeviceRegistry
@@ -27,6 +29,9 @@ from derim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 POWER_COMMANDS = frozenset({CommandType.SET_ACTIVE_POWER, CommandType.SET_POWER_LIMIT})
+LIMIT_COMMANDS = frozenset({CommandType.SET_POWER_LIMIT, CommandType.CLEAR_POWER_LIMIT})
+ARBITRATION = "arbitration"
+"""The source of the commands that apply the next limit after one lapsed."""
 Send = Callable[[], Awaitable[CommandResult]]
 
 
@@ -48,41 +53,134 @@ class Controller:
         self.mqtt: MqttAdapter | None = None
         self.ocpp: CentralSystem | None = None
         self._under_way: set[asyncio.Task[DeviceRejected | TransportError | None]] = set()
+        self.limits = LimitBook()
+        self._bases: dict[Channel, CommandRequest] = {}
+        self._limits_changed = asyncio.Event()
+        self._expiring: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start lapsing power limits at their expiry."""
+        self._expiring = asyncio.create_task(self._expire_limits(), name="derim-limit-expiry")
 
     async def submit(self, device_id: str, request: CommandRequest) -> CommandResult:
         """Check, record and (unless a dry run or expired) send a command.
 
-        Raises ``InvalidRequestError`` (nothing sent, nothing recorded) when the command does
-        not suit the device, and, when the device answered within ``wait_s``, the adapter's
-        ``DeviceRejected`` or ``TransportError`` (recorded as rejected or failed).
+        A power limit goes through arbitration first (``derim.control.arbitration``): what is
+        sent is the most restrictive limit any source holds. Raises ``InvalidRequestError``
+        (nothing sent, nothing recorded) when the command does not suit the device, and, when
+        the device answered within ``wait_s``, the adapter's ``DeviceRejected`` or
+        ``TransportError`` (recorded as rejected or failed).
         """
         device = self.registry.get(device_id)
         request = request.normalized()
         _check_rating(device, request)
-        send = self._sender(device, request)
-        record = CommandResult(device_id=device_id, request=request)
+        self._sender(device, request)
+        now = datetime.now(UTC)
+        if request.expires_at is not None and request.expires_at <= now:
+            return await self._record(device, request, CommandStatus.EXPIRED)
+        if request.dry_run:
+            return await self._record(device, request, CommandStatus.VALIDATED)
+        outgoing, note = self._arbitrate(device, request, now)
+        return await self._record(device, request, CommandStatus.SENT, outgoing, note)
+
+    def _arbitrate(
+        self, device: DERDevice, request: CommandRequest, now: datetime
+    ) -> tuple[CommandRequest, str]:
+        """The command to send for ``request`` once its source's limit joins the others."""
+        if request.command not in LIMIT_COMMANDS:
+            return request, ""
+        channel = channel_of(device.id, request.parameters)
+        if request.command is CommandType.SET_POWER_LIMIT:
+            claim = claim_of(request, device.rated_power_kw)
+            outgoing = applied(claim, request)
+            self._sender(device, outgoing)
+            self.limits.claim(channel, claim)
+        else:
+            self.limits.release(channel, request.source)
+        self._bases[channel] = request
+        self._limits_changed.set()
+        return self._effective(channel, request, now)
+
+    def _effective(
+        self, channel: Channel, base: CommandRequest, now: datetime
+    ) -> tuple[CommandRequest, str]:
+        winner = self.limits.effective(channel, now)
+        if winner is None:
+            return applied(None, base), "no source holds a limit: cleared"
+        note = f"effective limit {winner.value:g} {winner.unit}, from {winner.source}"
+        return applied(winner, base), note
+
+    async def _record(
+        self,
+        device: DERDevice,
+        request: CommandRequest,
+        status: CommandStatus,
+        outgoing: CommandRequest | None = None,
+        note: str = "",
+    ) -> CommandResult:
+        """Record a command at ``status``; when that is ``sent``, send ``outgoing`` and wait up
+        to ``wait_s`` for the device's answer."""
+        record = CommandResult(device_id=device.id, request=request)
         _step(record, CommandStatus.REQUESTED)
         _step(record, CommandStatus.VALIDATED)
-        if request.expires_at is not None and request.expires_at <= datetime.now(UTC):
-            _step(record, CommandStatus.EXPIRED, "expired before it could be sent")
-        elif request.dry_run:
+        if status is CommandStatus.EXPIRED:
+            _step(record, status, "expired before it could be sent")
+        elif status is CommandStatus.VALIDATED:
             record.message = "valid; not sent (dry run)"
         else:
-            _step(record, CommandStatus.SENT)
+            _step(record, status, note)
         await self.store.save(record)
-        if record.status is not CommandStatus.SENT:
+        if outgoing is None:
             return record
-        task = asyncio.create_task(self._carry_out(record, send), name=f"derim-command-{device_id}")
+        send = self._sender(device, outgoing)
+        task = asyncio.create_task(self._carry_out(record, send), name=f"derim-command-{device.id}")
         self._under_way.add(task)
         task.add_done_callback(self._under_way.discard)
+        task.add_done_callback(lambda _: self._settle(device.id, request, record))
         done, _ = await asyncio.wait({task}, timeout=self.wait_s)
         failure = task.result() if done else None
         if failure is not None:
             raise failure
         return record
 
+    def _settle(self, device_id: str, request: CommandRequest, record: CommandResult) -> None:
+        """A limit the device did not take is not held: its source's claim is dropped."""
+        if request.command is CommandType.SET_POWER_LIMIT and record.status not in (
+            CommandStatus.ACKNOWLEDGED,
+            CommandStatus.SENT,
+        ):
+            self.limits.release(channel_of(device_id, request.parameters), request.source)
+
+    async def _expire_limits(self) -> None:
+        """Sleep until the next limit lapses, then give each device its next limit."""
+        while True:
+            self._limits_changed.clear()
+            due = self.limits.next_expiry()
+            delay = None if due is None else max(0.0, (due - datetime.now(UTC)).total_seconds())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._limits_changed.wait()
+            now = datetime.now(UTC)
+            for channel in self.limits.expire(now):
+                await self._reapply(channel, now)
+
+    async def _reapply(self, channel: Channel, now: datetime) -> None:
+        """Send a channel's next limit after one lapsed (recorded as source ``arbitration``)."""
+        device = self.registry.find(channel[0])
+        base = self._bases.get(channel)
+        if device is None or base is None:
+            return
+        outgoing, note = self._effective(channel, base, now)
+        outgoing = outgoing.model_copy(update={"source": ARBITRATION})
+        try:
+            await self._record(device, outgoing, CommandStatus.SENT, outgoing, f"lapsed; {note}")
+        except DerimError as exc:
+            log.warning("device %s: could not apply its next limit: %s", device.id, exc)
+
     async def aclose(self) -> None:
-        """Stop waiting for commands still under way (their records stay at ``sent``)."""
+        """Stop lapsing limits and waiting for commands still under way (their records stay
+        at ``sent``)."""
+        await cancel_and_wait(self._expiring)
         for task in list(self._under_way):
             await cancel_and_wait(task)
 
@@ -102,7 +200,8 @@ class Controller:
             _step(record, CommandStatus.FAILED, f"device unreachable: {exc}")
         else:
             record.device_response = answer.device_response
-            _step(record, answer.status, answer.message)
+            note = f"{record.message}; " if record.message else ""
+            _step(record, answer.status, note + answer.message)
         await self.store.save(record)
         return failure
 

@@ -66,8 +66,18 @@ class CommandRequest(BaseModel):
     value: float | None = Field(None, description="Setpoint, in the unit given (kW by default).")
     unit: str = Field("kW", max_length=16)
     parameters: dict[str, Any] = Field(default_factory=dict, max_length=32)
-    priority: int = Field(0, ge=0, le=100, description="Higher wins when sources conflict.")
-    expires_at: UtcDatetime | None = Field(None, description="After this instant, not sent.")
+    priority: int = Field(0, ge=0, le=100, description="Kept with the command record.")
+    source: str = Field(
+        "operator",
+        min_length=1,
+        max_length=32,
+        pattern=r"^[\w.:-]+$",
+        description="Who sets a limit (operator, schedule, dr-event, ...): each source holds "
+        "its own; the most restrictive active one applies.",
+    )
+    expires_at: UtcDatetime | None = Field(
+        None, description="After this instant, not sent; a power limit lapses then."
+    )
     dry_run: bool = Field(False, description="Validate only; do not send.")
 
     def normalized(self) -> CommandRequest:
