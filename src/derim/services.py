@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from derim.adapters.base import DeviceStatus
@@ -22,6 +23,7 @@ from derim.adapters.ocpp.site import SiteBalancer
 from derim.bus import IngestBus
 from derim.config import Settings
 from derim.control.controller import Controller
+from derim.control.schedules import Schedule, Scheduler
 from derim.control.store import CommandStore
 from derim.errors import ConfigError, DerimError, InvalidRequestError
 from derim.models.device import DERDevice
@@ -77,6 +79,7 @@ class Services:
     keys: KeyStore
     audit: AuditLog
     rate_limiter: RateLimiter
+    scheduler: Scheduler
     mqtt: MqttAdapter | None = None
     ocpp: CentralSystem | None = None
     sites: SiteBalancer | None = None
@@ -154,9 +157,13 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         stack.callback(audit.close)
         _warn_about_auth(settings, keys)
         limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        scheduler = Scheduler(
+            controller.submit, partial(_members, registry), commands.save_schedule
+        )
+        scheduler.load(await commands.schedules(limit=10_000))
         services = Services(
             settings, registry, store, spool, writer, bus, adapters, rejects, sessions,
-            controller, keys, audit, limiter,
+            controller, keys, audit, limiter, scheduler,
         )  # fmt: skip
         if settings.ocpp_enabled:
             central = CentralSystem(settings, registry, sessions, rejects, services.ingest)
@@ -170,9 +177,18 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             services.mqtt = controller.mqtt = _mqtt_adapter(settings, registry, rejects)
             ingesting = asyncio.create_task(services.mqtt.run(services.ingest), name="derim-mqtt")
             stack.push_async_callback(cancel_and_wait, ingesting)
+        scheduling = asyncio.create_task(scheduler.run(), name="derim-schedules")
+        stack.push_async_callback(cancel_and_wait, scheduling)
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
         stack.push_async_callback(cancel_and_wait, maintenance)
         yield services
+
+
+def _members(registry: DeviceRegistry, schedule: Schedule) -> list[str]:
+    """The devices a schedule addresses now: its device, or its group's members."""
+    if schedule.device_id is not None:
+        return [schedule.device_id]
+    return [d.id for d in registry.list() if schedule.group in d.groups]
 
 
 def _warn_about_auth(settings: Settings, keys: KeyStore) -> None:

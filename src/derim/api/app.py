@@ -19,6 +19,7 @@ from derim.api.routes import (
     fleet,
     health,
     rejects,
+    schedules,
     sites,
     telemetry,
 )
@@ -53,6 +54,6 @@ def create_app(settings: Settings) -> FastAPI:
             allow_credentials=False,
         )
     install_error_handlers(app)
-    for module in (health, devices, telemetry, rejects, fleet, control, sites, admin):
+    for module in (health, devices, telemetry, rejects, fleet, control, schedules, sites, admin):
         app.include_router(module.router)
     return app

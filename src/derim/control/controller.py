@@ -71,10 +71,7 @@ class Controller:
         the device answered within ``wait_s``, the adapter's ``DeviceRejected`` or
         ``TransportError`` (recorded as rejected or failed).
         """
-        device = self.registry.get(device_id)
-        request = request.normalized()
-        _check_rating(device, request)
-        self._sender(device, request)
+        device, request = self.check(device_id, request)
         now = datetime.now(UTC)
         if request.expires_at is not None and request.expires_at <= now:
             return await self._record(device, request, CommandStatus.EXPIRED)
@@ -82,6 +79,15 @@ class Controller:
             return await self._record(device, request, CommandStatus.VALIDATED)
         outgoing, note = self._arbitrate(device, request, now)
         return await self._record(device, request, CommandStatus.SENT, outgoing, note)
+
+    def check(self, device_id: str, request: CommandRequest) -> tuple[DERDevice, CommandRequest]:
+        """The device and the normalized command, once checked against the device's rating and
+        its adapter (``InvalidRequestError`` otherwise); nothing is sent or recorded."""
+        device = self.registry.get(device_id)
+        request = request.normalized()
+        _check_rating(device, request)
+        self._sender(device, request)
+        return device, request
 
     def _arbitrate(
         self, device: DERDevice, request: CommandRequest, now: datetime
