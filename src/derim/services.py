@@ -146,7 +146,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         commands = CommandStore(settings.data_dir / "commands.db")
         await commands.open()
         stack.push_async_callback(commands.close)
-        controller = Controller(registry, commands, adapters, wait_s=settings.control_wait_s)
+        controller = Controller(
+            registry, commands, adapters, partial(_latest, store), wait_s=settings.control_wait_s
+        )
         controller.start()
         stack.push_async_callback(controller.aclose)
         keys = KeyStore(settings.data_dir / "keys.db")
@@ -182,6 +184,15 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
         stack.push_async_callback(cancel_and_wait, maintenance)
         yield services
+
+
+async def _latest(store: Store, device_id: str) -> dict[str, object] | None:
+    """A device's latest stored reading (None when storage is unreachable or has none)."""
+    try:
+        return (await store.latest([device_id])).get(device_id)
+    except DerimError as exc:
+        log.warning("no latest reading of %s for a safety check: %s", device_id, exc)
+        return None
 
 
 def _members(registry: DeviceRegistry, schedule: Schedule) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,8 @@ import pytest
 from api_server import ApiServer
 from modbus_server import RegisterServer
 from pymodbus.constants import ExcCodes
+
+from async_helpers import until_async
 
 UNIT = 2
 
@@ -98,3 +101,46 @@ async def test_device_refusal_is_409_and_push_devices_take_no_commands(
     pushed = await send(client, "pushed", command="set_active_power", value=1.0)
     assert pushed.status_code == 422
     assert (await send(client, "ghost", command="connect")).status_code == 404
+
+
+async def test_device_limits_bound_setpoints(
+    client: httpx.AsyncClient, battery: RegisterServer
+) -> None:
+    """With limits, a battery at 15 % (minimum 20 %) is not discharged but may charge; a
+    setpoint above its maximum or a jump faster than its ramp rate is 422 naming the bound;
+    once it reads 50 % and enough time passed, the discharge goes through."""
+    battery.set(2, [150])
+    connection = {
+        "protocol": "modbus",
+        "host": "127.0.0.1",
+        "port": battery.port,
+        "unit_id": UNIT,
+        "profile": "generic_battery",
+        "poll_interval_s": 0.2,
+    }
+    created = await client.post("/api/v1/devices", json={
+        "id": "bat-safe", "device_type": "battery", "rated_power_kw": 4.0,
+        "limits": {"max_power_kw": 3.0, "soc_min_percent": 20, "ramp_kw_per_s": 1.0},
+        "connection": connection})  # fmt: skip
+    assert created.status_code == 201, created.text
+
+    async def soc_is(percent: float) -> bool:
+        latest = await client.get("/api/v1/telemetry/bat-safe/latest")
+        return latest.status_code == 200 and latest.json().get("soc_percent") == percent
+
+    await until_async(lambda: soc_is(15.0))
+    refused = await send(client, "bat-safe", command="battery_discharge", value=1.0)
+    assert refused.status_code == 422
+    assert "limits.soc_min_percent" in refused.text
+    charged = await send(client, "bat-safe", command="battery_charge", value=1.0)
+    assert charged.json()["status"] == "acknowledged"
+    jump = await send(client, "bat-safe", command="battery_charge", value=3.0)
+    assert jump.status_code == 422
+    assert "limits.ramp_kw_per_s" in jump.text
+    too_much = await send(client, "bat-safe", command="set_active_power", value=3.5)
+    assert "limits.max_power_kw" in too_much.text
+    battery.set(2, [500])
+    await until_async(lambda: soc_is(50.0))
+    await asyncio.sleep(2.1)
+    discharged = await send(client, "bat-safe", command="battery_discharge", value=1.0)
+    assert discharged.json()["status"] == "acknowledged", discharged.text

@@ -20,6 +20,7 @@ from derim.adapters.manager import AdapterManager
 from derim.adapters.mqtt.adapter import MqttAdapter
 from derim.adapters.ocpp.central import CentralSystem
 from derim.control.arbitration import Channel, LimitBook, applied, channel_of, claim_of
+from derim.control.safety import SETPOINTS, Setpoint, check_limits
 from derim.control.store import CommandStore
 from derim.errors import DerimError, DeviceRejected, InvalidRequestError, TransportError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus, CommandType
@@ -33,6 +34,8 @@ LIMIT_COMMANDS = frozenset({CommandType.SET_POWER_LIMIT, CommandType.CLEAR_POWER
 ARBITRATION = "arbitration"
 """The source of the commands that apply the next limit after one lapsed."""
 Send = Callable[[], Awaitable[CommandResult]]
+Latest = Callable[[str], Awaitable[dict[str, object] | None]]
+"""The latest stored reading of a device, as a field dict."""
 
 
 class Controller:
@@ -43,10 +46,12 @@ class Controller:
         registry: DeviceRegistry,
         store: CommandStore,
         adapters: AdapterManager,
+        latest: Latest,
         *,
         wait_s: float,
     ) -> None:
         self.registry = registry
+        self.latest = latest
         self.store = store
         self.adapters = adapters
         self.wait_s = wait_s
@@ -54,6 +59,7 @@ class Controller:
         self.ocpp: CentralSystem | None = None
         self._under_way: set[asyncio.Task[DeviceRejected | TransportError | None]] = set()
         self.limits = LimitBook()
+        self._setpoints: dict[str, Setpoint] = {}
         self._bases: dict[Channel, CommandRequest] = {}
         self._limits_changed = asyncio.Event()
         self._expiring: asyncio.Task[None] | None = None
@@ -71,7 +77,7 @@ class Controller:
         the device answered within ``wait_s``, the adapter's ``DeviceRejected`` or
         ``TransportError`` (recorded as rejected or failed).
         """
-        device, request = self.check(device_id, request)
+        device, request = await self.check(device_id, request)
         now = datetime.now(UTC)
         if request.expires_at is not None and request.expires_at <= now:
             return await self._record(device, request, CommandStatus.EXPIRED)
@@ -80,14 +86,32 @@ class Controller:
         outgoing, note = self._arbitrate(device, request, now)
         return await self._record(device, request, CommandStatus.SENT, outgoing, note)
 
-    def check(self, device_id: str, request: CommandRequest) -> tuple[DERDevice, CommandRequest]:
-        """The device and the normalized command, once checked against the device's rating and
-        its adapter (``InvalidRequestError`` otherwise); nothing is sent or recorded."""
+    async def check(
+        self, device_id: str, request: CommandRequest
+    ) -> tuple[DERDevice, CommandRequest]:
+        """The device and the normalized command, once checked against the device's rating,
+        its limits (``derim.control.safety``) and its adapter (``InvalidRequestError``
+        otherwise); nothing is sent or recorded."""
         device = self.registry.get(device_id)
         request = request.normalized()
         _check_rating(device, request)
+        if device.limits is not None and request.command in SETPOINTS:
+            soc = None
+            if (
+                device.limits.soc_min_percent is not None
+                or device.limits.soc_max_percent is not None
+            ):
+                soc = await self._state_of_charge(device_id)
+            previous = self._setpoints.get(device_id)
+            check_limits(device, request, soc, previous, datetime.now(UTC))
         self._sender(device, request)
         return device, request
+
+    async def _state_of_charge(self, device_id: str) -> float | None:
+        """The device's latest reported state of charge (%), if any."""
+        latest = await self.latest(device_id)
+        soc = None if latest is None else latest.get("soc_percent")
+        return float(soc) if isinstance(soc, int | float) else None
 
     def _arbitrate(
         self, device: DERDevice, request: CommandRequest, now: datetime
@@ -139,6 +163,8 @@ class Controller:
         if outgoing is None:
             return record
         send = self._sender(device, outgoing)
+        if outgoing.command in SETPOINTS and outgoing.unit == "kW" and outgoing.value is not None:
+            self._setpoints[device.id] = Setpoint(outgoing.value, datetime.now(UTC))
         task = asyncio.create_task(self._carry_out(record, send), name=f"derim-command-{device.id}")
         self._under_way.add(task)
         task.add_done_callback(self._under_way.discard)

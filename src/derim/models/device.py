@@ -83,6 +83,33 @@ Connection = Annotated[
 ]
 
 
+class ControlLimits(_Strict):
+    """Bounds every command to the device must respect, beyond its nameplate rating."""
+
+    min_power_kw: float | None = Field(None, description="Lowest setpoint, kW (grid-positive).")
+    max_power_kw: float | None = Field(None, description="Highest setpoint, kW.")
+    soc_min_percent: float | None = Field(
+        None, ge=0, le=100, description="No discharge at or below this state of charge."
+    )
+    soc_max_percent: float | None = Field(
+        None, ge=0, le=100, description="No charge at or above this state of charge."
+    )
+    ramp_kw_per_s: float | None = Field(
+        None, gt=0, description="Largest change between two setpoints per second between them."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ControlLimits:
+        pairs = (
+            (self.min_power_kw, self.max_power_kw),
+            (self.soc_min_percent, self.soc_max_percent),
+        )
+        for low, high in pairs:
+            if low is not None and high is not None and low > high:
+                raise ValueError("a minimum is above its maximum")
+        return self
+
+
 class Location(_Strict):
     """Where the device is installed (WGS 84)."""
 
@@ -136,6 +163,7 @@ class DERDevice(_Strict):
         ge=0,
     )
     location: Location | None = None
+    limits: ControlLimits | None = Field(None, description="Bounds every command must respect.")
     groups: list[Label] = Field(default_factory=list, max_length=32)
     tags: dict[Label, Annotated[str, StringConstraints(max_length=256)]] = Field(
         default_factory=dict, max_length=32
@@ -173,6 +201,7 @@ class DevicePatch(_Strict):
     rated_power_kw: float | None = Field(None, ge=0)
     rated_energy_kwh: float | None = Field(None, ge=0)
     location: Location | None = None
+    limits: ControlLimits | None = None
     groups: list[Label] | None = Field(None, max_length=32)
     tags: dict[Label, Annotated[str, StringConstraints(max_length=256)]] | None = Field(
         None, max_length=32

@@ -30,7 +30,7 @@ async def create_schedule(
     for index, entry in enumerate(body.entries):
         for device_id in targets:
             try:
-                services.controller.check(device_id, entry.request())
+                await services.controller.check(device_id, entry.request())
             except InvalidRequestError as exc:
                 raise InvalidRequestError(f"entries.{index}", f"{device_id}: {exc}") from exc
     schedule = Schedule(**body.model_dump())
