@@ -69,6 +69,11 @@ class _RowMaker:
             self.values = attrgetter(*self.fields)
 
 
+ROLLUP_CHUNK = 100
+"""Dirty (device, day) ranges folded into the rollups per write once they are due: a write then
+waits for a bounded slice of that work (tens of ms), never for the whole backlog."""
+
+
 class SQLiteStore:
     """Telemetry in one SQLite file (the device registry may share it)."""
 
@@ -214,7 +219,7 @@ class SQLiteStore:
         if self._staged >= MERGE_ROWS:
             self._merge_sync()
         if time.monotonic() - self._last_rollup > self._rollup_interval_s:
-            self._refresh_rollups_sync()
+            self._refresh_rollups_sync(ROLLUP_CHUNK)
 
     def _merge_sync(self) -> None:
         """Move staged rows into the raw table (one sorted pass) and mark dirty rollups."""
@@ -248,17 +253,23 @@ class SQLiteStore:
         """Bring every rollup tier up to date with the raw data written so far."""
         await self._on_writer(self._refresh_rollups_sync)
 
-    def _refresh_rollups_sync(self) -> None:
+    def _refresh_rollups_sync(self, limit: int | None = None) -> None:
+        """Fold dirty (device, day) ranges into every tier: all of them, or ``limit`` of them
+        (the rest at the next writes, so that no write waits for the whole backlog)."""
         self._merge_sync()
         conn = self._require_writer()
-        self._last_rollup = time.monotonic()
-        dirty = conn.execute("SELECT dev, lo, hi FROM rollup_dirty").fetchall()
+        dirty = conn.execute(
+            "SELECT dev, day, lo, hi FROM rollup_dirty ORDER BY dev, day LIMIT ?",
+            (-1 if limit is None else limit,),
+        ).fetchall()
+        if limit is None or len(dirty) < limit:
+            self._last_rollup = time.monotonic()
         if not dirty:
             return
         finest, *coarser = schema.TIERS
         conn.execute("BEGIN")
         try:
-            for dev, lo, hi in dirty:
+            for dev, _, lo, hi in dirty:
                 stored = self._dev_fields.get(dev, frozenset())
                 fields = tuple(f for f in AGGREGATABLE_FIELDS if f in stored)
                 width = finest.milliseconds
@@ -274,7 +285,10 @@ class SQLiteStore:
                         (dev, lo - lo % width, hi - hi % width + width),
                     )
                     source = tier
-            conn.execute("DELETE FROM rollup_dirty")
+            conn.executemany(
+                "DELETE FROM rollup_dirty WHERE dev = ? AND day = ?",
+                [(dev, day) for dev, day, _, _ in dirty],
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

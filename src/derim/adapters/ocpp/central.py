@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import ssl
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -53,6 +54,21 @@ from derim.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 WIRE_LOG = logging.getLogger("derim.adapters.ocpp.wire")
 """The library's per-frame traces (silenced above DEBUG by ``derim.logging``)."""
+
+
+class LibraryLog(logging.LoggerAdapter[logging.Logger]):
+    """The logger handed to the ``ocpp`` library: it reports a handler's error as one warning
+    line (the error's text) instead of a full traceback. A charger that keeps sending what DERIM
+    refuses (or a store that is down) must not cost a rendered traceback per message."""
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        """A warning naming the error being handled, without its traceback."""
+        error = sys.exc_info()[1]
+        kwargs.pop("exc_info", None)
+        self.warning(f"{msg}: {type(error).__name__}: {error}", *args, **kwargs)
+
+
+LIBRARY_LOG = LibraryLog(WIRE_LOG)
 
 SUBPROTOCOLS: dict[str, Version] = {"ocpp2.0.1": "2.0.1", "ocpp1.6": "1.6"}
 PATH = re.compile(r"/ocpp/([^/?]{1,48})")

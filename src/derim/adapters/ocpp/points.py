@@ -25,7 +25,7 @@ from ocpp.v201 import ChargePoint as ChargePoint201Base
 from ocpp.v201 import call_result as result201
 from ocpp.v201.enums import Action as Action201
 
-from derim.adapters.ocpp.central import WIRE_LOG, CentralSystem, ChargerLink
+from derim.adapters.ocpp.central import LIBRARY_LOG, WIRE_LOG, CentralSystem, ChargerLink
 from derim.adapters.ocpp.meter import MeterReadings, readings_v16, readings_v201
 from derim.adapters.ocpp.screening import (
     format_error,
@@ -89,7 +89,7 @@ class _Screened:
             link.charge_point_id,
             link.websocket,
             response_timeout=central.settings.ocpp_call_timeout_s,
-            logger=WIRE_LOG,
+            logger=LIBRARY_LOG,
         )
         self.central = central
         self.link = link
@@ -132,7 +132,8 @@ class _Screened:
     async def _within_time(self, work: Awaitable[T]) -> T:
         """``work`` bounded by the message timeout; an InternalError if it fails or overruns."""
         try:
-            return await asyncio.wait_for(work, self.central.settings.ocpp_message_timeout_s)
+            async with asyncio.timeout(self.central.settings.ocpp_message_timeout_s):
+                return await work
         except TimeoutError as exc:
             self.central.counters.call_errors += 1
             raise InternalError(description="DERIM could not store this in time; resend") from exc

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import fastjsonschema
 from jsonschema.exceptions import ValidationError as SchemaError
 from ocpp.exceptions import (
     FormationViolationError,
@@ -95,6 +96,12 @@ def screen_call(action: str, payload: dict[str, Any], version: str, *, strict: b
         validator = get_validator(MessageType.Call, action, version)
     except (OSError, ValueError, OCPPError):
         return Screened(payload)
+    try:
+        _compiled(action, version, validator.schema)(payload)
+    except fastjsonschema.JsonSchemaException:
+        pass  # find out what is wrong, and whether it can be forgiven, below
+    else:
+        return Screened(payload)
     errors = list(validator.iter_errors(payload))
     if not errors:
         return Screened(payload)
@@ -104,6 +111,19 @@ def screen_call(action: str, payload: dict[str, Any], version: str, *, strict: b
         raise _violation(version, (serious or unknown)[0])
     dropped = tuple(_drop_unknown(unknown))
     return Screened(payload, dropped)
+
+
+def _compiled(action: str, version: str, schema: dict[str, Any]) -> Callable[[Any], Any]:
+    """The schema compiled to Python (``fastjsonschema``): the check of a valid message, the
+    common case, costs a small fraction of a ``jsonschema`` walk. Cached per action."""
+    key = (action, version)
+    check = _COMPILED.get(key)
+    if check is None:
+        check = _COMPILED[key] = fastjsonschema.compile(schema)
+    return check
+
+
+_COMPILED: dict[tuple[str, str], Callable[[Any], Any]] = {}
 
 
 def _drop_unknown(errors: Iterable[SchemaError]) -> Iterable[str]:
