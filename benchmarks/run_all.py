@@ -36,6 +36,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "e": ("bench_rss.py", "RSS under sustained ingest"),
     "f": ("bench_polling.py", "polling 1,000 SunSpec devices over Modbus TCP"),
     "g": ("bench_mqtt.py", "MQTT broker to stored record, QoS 1 and 0"),
+    "h": ("bench_ocpp.py", "OCPP central system: many chargers, heartbeats and meter values"),
 }
 
 

@@ -59,6 +59,10 @@ class InvalidRequestError(DerimError):
         self.details = details or [{"field": field, "message": message}]
 
 
+class UnsupportedMediaTypeError(DerimError):
+    """The request body is in a format the route does not take (such as text/plain for JSON)."""
+
+
 class StorageError(DerimError):
     """The storage backend failed."""
 

@@ -144,3 +144,13 @@ async def test_device_limits_bound_setpoints(
     await asyncio.sleep(2.1)
     discharged = await send(client, "bat-safe", command="battery_discharge", value=1.0)
     assert discharged.json()["status"] == "acknowledged", discharged.text
+
+
+async def test_a_setpoint_in_another_unit_than_the_point_is_refused(
+    client: httpx.AsyncClient, battery: RegisterServer
+) -> None:
+    """100 W is not written as 100 kW: a value in a unit the point does not take is 422."""
+    response = await send(client, "bat", command="set_active_power", value=100, unit="W")
+    assert response.status_code == 422
+    assert "unit" in {e["field"] for e in response.json()["errors"]}
+    assert battery.writes == []

@@ -158,7 +158,7 @@ async def test_round_trip_keeps_every_field_type_and_the_utc_instant(store: Infl
             device_id="m-1",
             timestamp=T0 + timedelta(seconds=3),
             power_kw=1e-7,
-            energy_import_kwh=1.5e20,
+            energy_import_kwh=1.5e11,
             energy_export_kwh=0.0,
             power_factor=-0.95,
         ),

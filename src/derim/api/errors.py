@@ -1,8 +1,9 @@
 """The one place where errors become HTTP status codes.
 
-validation 422, unknown 404, conflict or device rejection 409, storage or transport unavailable
-503, timeout 504 (413 for oversized bodies comes from ``derim.api.limits``). Anything else is a
-bug and gets 500 with no details leaked.
+validation 422 (a body that cannot be decoded as JSON included), unsupported body format 415,
+unknown 404, conflict or device rejection 409, storage or transport unavailable 503, timeout 504
+(413 for oversized bodies comes from ``derim.api.limits``). Anything else is a bug and gets 500
+with no details leaked.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from derim.api.responses import JSONResponse
@@ -30,6 +31,7 @@ from derim.errors import (
     RateLimitedError,
     StorageError,
     TransportError,
+    UnsupportedMediaTypeError,
 )
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,28 @@ STATUS_BY_ERROR: list[tuple[type[DerimError], int]] = [
     (ConflictError, 409),
     (DeviceRejected, 409),
     (InvalidRequestError, 422),
+    (UnsupportedMediaTypeError, 415),
     (ProtocolError, 502),
     (TransportError, 503),
     (StorageError, 503),
 ]
+
+
+class FieldError(BaseModel):
+    """One problem with a request: where (a dotted path, ``body[3].soc_percent``) and what."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str
+    message: str
+    type: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every error response."""
+
+    detail: str
+    errors: list[FieldError] | None = None
 
 
 def status_for(error: DerimError) -> int:
@@ -84,8 +104,29 @@ def error_response(status: int, detail: str, errors: list[dict[str, Any]] | None
     return JSONResponse(content, status_code=status)
 
 
+def document_error_body(app: FastAPI) -> None:
+    """Describe the 422 body as ``ErrorBody`` in the OpenAPI schema, which is what the handlers
+    below send, instead of FastAPI's default (a list of pydantic errors in ``detail``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in components:
+                body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components["HTTPValidationError"] = body
+                components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers that map every error to its status code."""
+    """Register the handlers that map every error to its status code (and document the body)."""
+    document_error_body(app)
 
     @app.exception_handler(DerimError)
     async def _derim(_: Request, exc: DerimError) -> Any:
@@ -116,6 +157,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Any:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI's 400 for a body it could not decode (not UTF-8, nested too deeply):
+            # invalid JSON, as ``POST /api/v1/telemetry`` and FastAPI's own syntax errors say.
+            message = "invalid JSON: not UTF-8 or nested too deeply"
+            return error_response(422, f"invalid request: body: {message}",
+                                  [{"field": "body", "message": message}])  # fmt: skip
         return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)

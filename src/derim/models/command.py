@@ -7,10 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from derim.errors import InvalidRequestError
 from derim.models.common import DeviceId, UtcDatetime
+from derim.models.standards import MAX_MAGNITUDE
 
 
 class CommandType(StrEnum):
@@ -57,15 +58,43 @@ FINAL_STATUSES = frozenset(
 )
 
 
+MAX_PARAMETER_DEPTH = 8
+MAX_PARAMETER_ITEMS = 32
+"""How deep command parameters may nest and how long each list or object in them may be: they
+are small and flat in every protocol DERIM speaks, each command's record keeps them, and a deep
+value could not even be serialised into it."""
+
+
+def _too_large(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests lists or dicts more than ``levels`` deep, or holds one longer
+    than ``MAX_PARAMETER_ITEMS`` (looks no deeper than ``levels``)."""
+    if not isinstance(value, dict | list):
+        return False
+    if levels == 0 or len(value) > MAX_PARAMETER_ITEMS:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    return any(_too_large(item, levels - 1) for item in items)
+
+
 class CommandRequest(BaseModel):
     """A request to change a device's behaviour."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     command: CommandType
-    value: float | None = Field(None, description="Setpoint, in the unit given (kW by default).")
-    unit: str = Field("kW", max_length=16)
-    parameters: dict[str, Any] = Field(default_factory=dict, max_length=32)
+    value: float | None = Field(
+        None,
+        ge=-MAX_MAGNITUDE,
+        le=MAX_MAGNITUDE,
+        description="Setpoint, in the unit given (kW by default).",
+    )
+    unit: str = Field("kW", max_length=16, pattern=r"^[A-Za-z%]*$")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=32,
+        description=f"Protocol-specific options: JSON nested at most {MAX_PARAMETER_DEPTH} deep, "
+        f"each list or object at most {MAX_PARAMETER_ITEMS} long.",
+    )
     priority: int = Field(0, ge=0, le=100, description="Kept with the command record.")
     source: str = Field(
         "operator",
@@ -79,6 +108,16 @@ class CommandRequest(BaseModel):
         None, description="After this instant, not sent; a power limit lapses then."
     )
     dry_run: bool = Field(False, description="Validate only; do not send.")
+
+    @field_validator("parameters")
+    @classmethod
+    def _shallow(cls, parameters: dict[str, Any]) -> dict[str, Any]:
+        if _too_large(parameters, MAX_PARAMETER_DEPTH):
+            raise ValueError(
+                f"nested deeper than {MAX_PARAMETER_DEPTH} levels or holding a list or object "
+                f"of more than {MAX_PARAMETER_ITEMS} items"
+            )
+        return parameters
 
     def normalized(self) -> CommandRequest:
         """``battery_charge`` / ``battery_discharge`` (a rate >= 0) as the ``set_active_power``

@@ -18,14 +18,43 @@ DeviceId = Annotated[
 
 
 def to_utc(value: datetime) -> datetime:
-    """Return the same instant in UTC; a naive datetime is taken to be UTC already."""
+    """Return the same instant in UTC; a naive datetime is taken to be UTC already.
+
+    Raises ``ValueError`` when the instant falls outside years 1-9999 once in UTC (such as
+    ``0001-01-01T00:00:00+01:00``).
+    """
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("the instant is outside years 1-9999 in UTC") from exc
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(to_utc)]
 """A timestamp normalised to UTC. Offsets are honoured; naive values are read as UTC."""
+
+BIDI_CONTROLS = frozenset(
+    ["\u061c", "\u200e", "\u200f"]
+    + [chr(c) for c in range(0x202A, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
+)
+"""Characters that reorder how text is displayed (the "Trojan Source" trick): a name holding
+one can show as something other than what it is."""
+
+
+def printable(value: str) -> str:
+    """``value`` unchanged; ``ValueError`` if it holds a control character (C0, DEL, C1:
+    NUL, newline, escape, ...) or a bidirectional control."""
+    for char in value:
+        if char < " " or "\x7f" <= char <= "\x9f" or char in BIDI_CONTROLS:
+            raise ValueError(f"control character U+{ord(char):04X} is not allowed")
+    return value
+
+
+Text = Annotated[str, AfterValidator(printable)]
+"""Free text shown to people or handed to other systems (names, hosts, paths): any printable
+Unicode, emoji and every script included, but no control or bidirectional-control character."""
 
 
 class DeviceType(StrEnum):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from derim.models.common import DeviceId, DeviceType, UtcDatetime
+from derim.models.common import DeviceId, DeviceType, Text, UtcDatetime
 from derim.models.standards import measurement
 
 MRID_NAMESPACE = uuid.UUID("6f1c1d3e-8f4a-5b7e-9a51-2d5c0e7b4a10")
@@ -31,9 +31,9 @@ class ModbusConnection(_Strict):
     """A Modbus device (or a unit behind a gateway) on TCP (``host``) or RTU (``serial_port``)."""
 
     protocol: Literal["modbus", "sunspec"]
-    host: str | None = Field(None, min_length=1, max_length=253, description="TCP host.")
+    host: Text | None = Field(None, min_length=1, max_length=253, description="TCP host.")
     port: int = Field(502, ge=1, le=65535, description="TCP port.")
-    serial_port: str | None = Field(
+    serial_port: Text | None = Field(
         None, min_length=1, max_length=256, description="RTU serial device, such as /dev/ttyUSB0."
     )
     baudrate: int = Field(19200, ge=300, le=921600, description="RTU bits per second.")
@@ -41,7 +41,7 @@ class ModbusConnection(_Strict):
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
     unit_id: int = Field(1, ge=0, le=255)
-    profile: str | None = Field(
+    profile: Text | None = Field(
         None,
         max_length=256,
         description="Device profile (Modbus): a shipped profile name such as generic_meter, "
@@ -61,14 +61,14 @@ class MqttConnection(_Strict):
     """A device whose readings arrive on MQTT topics."""
 
     protocol: Literal["mqtt"]
-    topic: str = Field(min_length=1, max_length=256)
+    topic: Text = Field(min_length=1, max_length=256)
 
 
 class OcppConnection(_Strict):
     """An EV charger that connects to DERIM's OCPP central system."""
 
     protocol: Literal["ocpp"]
-    charge_point_id: str = Field(min_length=1, max_length=48)
+    charge_point_id: Text = Field(min_length=1, max_length=48)
 
 
 class SimulatedConnection(_Strict):
@@ -115,8 +115,10 @@ class Location(_Strict):
 
     latitude: float = Field(ge=-90, le=90, description="Degrees north.")
     longitude: float = Field(ge=-180, le=180, description="Degrees east.")
-    altitude_m: float | None = Field(None, description="Metres above sea level.")
-    address: str | None = Field(None, max_length=256)
+    altitude_m: float | None = Field(
+        None, ge=-12_000, le=12_000, description="Metres above sea level."
+    )
+    address: Text | None = Field(None, max_length=256)
 
 
 class DERDevice(_Strict):
@@ -129,7 +131,7 @@ class DERDevice(_Strict):
         cim="IdentifiedObject.name (unique key)",
         default=...,
     )
-    name: str = measurement(
+    name: Text = measurement(
         "Human-readable name.",
         unit="",
         ieee2030_5="MirrorUsagePoint.description",
@@ -165,7 +167,7 @@ class DERDevice(_Strict):
     location: Location | None = None
     limits: ControlLimits | None = Field(None, description="Bounds every command must respect.")
     groups: list[Label] = Field(default_factory=list, max_length=32)
-    tags: dict[Label, Annotated[str, StringConstraints(max_length=256)]] = Field(
+    tags: dict[Label, Annotated[Text, StringConstraints(max_length=256)]] = Field(
         default_factory=dict, max_length=32
     )
     mrid: uuid.UUID | None = measurement(
@@ -174,10 +176,10 @@ class DERDevice(_Strict):
         ieee2030_5="MirrorUsagePoint.mRID (IdentifiedObject.mRID)",
         cim="IdentifiedObject.mRID",
     )
-    manufacturer: str | None = Field(None, max_length=128)
-    model: str | None = Field(None, max_length=128)
-    serial_number: str | None = Field(None, max_length=128)
-    firmware_version: str | None = Field(None, max_length=128)
+    manufacturer: Text | None = Field(None, max_length=128)
+    model: Text | None = Field(None, max_length=128)
+    serial_number: Text | None = Field(None, max_length=128)
+    firmware_version: Text | None = Field(None, max_length=128)
     created_at: UtcDatetime | None = None
 
     @model_validator(mode="after")
@@ -195,7 +197,7 @@ class DERDevice(_Strict):
 class DevicePatch(_Strict):
     """Fields of a device that ``PATCH`` may change; absent fields stay as they are."""
 
-    name: str | None = Field(None, max_length=256)
+    name: Text | None = Field(None, max_length=256)
     device_type: DeviceType | None = None
     connection: Connection | None = None
     rated_power_kw: float | None = Field(None, ge=0)
@@ -203,13 +205,13 @@ class DevicePatch(_Strict):
     location: Location | None = None
     limits: ControlLimits | None = None
     groups: list[Label] | None = Field(None, max_length=32)
-    tags: dict[Label, Annotated[str, StringConstraints(max_length=256)]] | None = Field(
+    tags: dict[Label, Annotated[Text, StringConstraints(max_length=256)]] | None = Field(
         None, max_length=32
     )
-    manufacturer: str | None = Field(None, max_length=128)
-    model: str | None = Field(None, max_length=128)
-    serial_number: str | None = Field(None, max_length=128)
-    firmware_version: str | None = Field(None, max_length=128)
+    manufacturer: Text | None = Field(None, max_length=128)
+    model: Text | None = Field(None, max_length=128)
+    serial_number: Text | None = Field(None, max_length=128)
+    firmware_version: Text | None = Field(None, max_length=128)
 
 
 def apply_patch(device: DERDevice, patch: DevicePatch) -> DERDevice:

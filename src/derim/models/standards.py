@@ -23,6 +23,12 @@ class StandardNames:
     cim: str
 
 
+MAX_MAGNITUDE = 1e12
+"""No quantity a DER reports or is rated for comes near this in DERIM's units (kW, kWh, V, A,
+Hz, %, ...); a larger value is a fault or an attack, and letting it in would make sums and
+means of stored readings overflow to infinity."""
+
+
 def measurement(
     description: str,
     *,
@@ -32,8 +38,14 @@ def measurement(
     default: Any = None,
     **constraints: Any,
 ) -> Any:
-    """A Pydantic ``Field`` for a canonical quantity, carrying its unit and standard names."""
+    """A Pydantic ``Field`` for a canonical quantity, carrying its unit and standard names.
+
+    A quantity with a unit is bounded to ``±MAX_MAGNITUDE`` unless ``constraints`` say tighter.
+    """
     extra: JsonDict = {"x-unit": unit, "x-ieee2030_5": ieee2030_5, "x-cim": cim}
+    if unit:
+        constraints.setdefault("ge", -MAX_MAGNITUDE)
+        constraints.setdefault("le", MAX_MAGNITUDE)
     return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 

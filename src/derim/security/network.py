@@ -27,7 +27,7 @@ async def check_target(device: DERDevice, allowed: Sequence[Network]) -> None:
         infos = await asyncio.get_running_loop().getaddrinfo(
             connection.host, connection.port, type=socket.SOCK_STREAM
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: NUL, or a label IDNA cannot encode
         raise InvalidRequestError("connection.host", f"cannot resolve {connection.host!r}") from exc
     addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
     outside = sorted(str(a) for a in addresses if not any(a in net for net in allowed))

@@ -63,6 +63,10 @@ def from_epoch_ms(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1000, tz=UTC)
 
 
+MAX_EPOCH_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z, the last instant a datetime holds: no cursor names a later one."""
+
+
 def encode_cursor(boundary_ms: int) -> str:
     """An opaque cursor naming the last timestamp a page returned."""
     return base64.urlsafe_b64encode(f"v1:{boundary_ms}".encode()).decode().rstrip("=")
@@ -73,9 +77,10 @@ def decode_cursor(cursor: str) -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         version, _, value = base64.urlsafe_b64decode(padded.encode()).decode().partition(":")
-        if version != "v1":
+        boundary = int(value)
+        if version != "v1" or not 0 <= boundary <= MAX_EPOCH_MS:
             raise ValueError(version)
-        return int(value)
+        return boundary
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidRequestError("cursor", "not a cursor this server issued") from exc
 

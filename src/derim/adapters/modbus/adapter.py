@@ -106,6 +106,10 @@ class ModbusAdapter(PollingAdapter):
             value = command.command.value if point.choices is not None else command.value
         if value is None:
             raise InvalidRequestError("value", f"{command.command.value} needs a value")
+        if point.choices is None and point.unit and command.unit != point.unit:
+            raise InvalidRequestError(
+                "unit", f"{point.name} takes a value in {point.unit}, not {command.unit}"
+            )
         return point, encode_write(point, value)
 
     def validate(self, command: CommandRequest) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from derim.api.auth import Operator, Viewer, audit
 from derim.api.deps import get_services
+from derim.api.errors import ErrorBody
 from derim.errors import DerimError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus
 from derim.services import Services
@@ -20,7 +21,9 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 @router.post(
     "/api/v1/control/{device_id}",
     responses={202: {"description": "Sent; the device has not answered yet.",
-                     "model": CommandResult}},
+                     "model": CommandResult},
+               503: {"description": "The device cannot be reached.", "model": ErrorBody},
+               504: {"description": "The device did not answer in time.", "model": ErrorBody}},
 )  # fmt: skip
 async def control(
     device_id: str,

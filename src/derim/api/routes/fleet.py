@@ -13,6 +13,9 @@ from derim.services import Services
 
 router = APIRouter(prefix="/api/v1/fleet", tags=["fleet"])
 ServicesDep = Annotated[Services, Depends(get_services)]
+MAX_STALE_AFTER_S = 10 * 365.25 * 86400
+"""Ten years, well past any useful window: an unbounded value could take ``now -
+stale_after_s`` before year 1, out of the range of a datetime."""
 
 
 def _bucket() -> dict[str, Any]:
@@ -24,7 +27,12 @@ async def fleet_summary(
     services: ServicesDep,
     caller: Viewer,
     stale_after_s: Annotated[
-        float, Query(gt=0, description="Readings older than this do not count as current.")
+        float,
+        Query(
+            gt=0,
+            le=MAX_STALE_AFTER_S,
+            description="Readings older than this (s, at most ten years) do not count as current.",
+        ),
     ] = 900,
 ) -> dict[str, Any]:
     """Current power (kW, grid-positive) summed by device type and by group.

@@ -13,9 +13,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from derim.api.auth import Operator, Viewer
 from derim.api.deps import get_services
 from derim.api.responses import JSONResponse
-from derim.errors import InvalidRequestError
+from derim.errors import InvalidRequestError, UnsupportedMediaTypeError
 from derim.ingest import validate_readings
-from derim.models.common import to_utc
+from derim.models.common import UtcDatetime
 from derim.services import Services
 from derim.storage.base import (
     Aggregation,
@@ -55,8 +55,12 @@ async def ingest(request: Request, services: ServicesDep, caller: Operator) -> J
     """Store a JSON array of readings; returns once they are stored (or durably spooled).
 
     Each reading is validated with its device's telemetry class; 404 for an unknown device, 422
-    naming each bad field (``body[3].soc_percent``), 413 above the body size limit.
+    naming each bad field (``body[3].soc_percent``), 413 above the body size limit, 415 for a
+    body declared as anything but JSON (no ``Content-Type`` is read as JSON).
     """
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if media_type.lower() != "application/json" and not media_type.lower().endswith("+json"):
+        raise UnsupportedMediaTypeError(f"the body must be application/json, not {media_type}")
     body = await request.body()
     try:
         items = orjson.loads(body)
@@ -72,8 +76,10 @@ async def query_telemetry(
     device_id: str,
     services: ServicesDep,
     caller: Viewer,
-    start: Annotated[datetime | None, Query(description="Inclusive; default end - 24 h.")] = None,
-    end: Annotated[datetime | None, Query(description="Exclusive; default now.")] = None,
+    start: Annotated[
+        UtcDatetime | None, Query(description="Inclusive; default end - 24 h.")
+    ] = None,
+    end: Annotated[UtcDatetime | None, Query(description="Exclusive; default now.")] = None,
     fields: Annotated[
         str | None, Query(description="Comma-separated field names; default all with data.")
     ] = None,
@@ -90,8 +96,12 @@ async def query_telemetry(
     a page never silently cuts off data.
     """
     services.registry.get(device_id)
-    end = to_utc(end) if end else datetime.now(UTC)
-    start = to_utc(start) if start else end - DEFAULT_WINDOW
+    end = end or datetime.now(UTC)
+    if start is None:
+        try:
+            start = end - DEFAULT_WINDOW
+        except OverflowError:
+            raise InvalidRequestError("start", "end - 24 h is before year 1: give start") from None
     query = TelemetryQuery(
         device_id=device_id,
         start_ms=to_epoch_ms(start),
