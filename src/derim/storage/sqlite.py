@@ -69,9 +69,9 @@ class _RowMaker:
             self.values = attrgetter(*self.fields)
 
 
-ROLLUP_CHUNK = 100
+ROLLUP_CHUNK = 25
 """Dirty (device, day) ranges folded into the rollups per write once they are due: a write then
-waits for a bounded slice of that work (tens of ms), never for the whole backlog."""
+waits for a bounded slice of that work (~10 ms), never for the whole backlog."""
 
 
 class SQLiteStore:
