@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -35,13 +36,13 @@ class CreatedKey(ApiKey):
 @router.get("/api/v1/keys")
 async def list_keys(services: ServicesDep, caller: Admin) -> list[ApiKey]:
     """Every API key (never a secret), revoked ones included."""
-    return services.keys.listing()
+    return await asyncio.to_thread(services.keys.listing)
 
 
 @router.post("/api/v1/keys", status_code=201)
 async def create_key(body: NewKey, services: ServicesDep, caller: Admin) -> CreatedKey:
     """Create a key; its token is in this answer and nowhere else."""
-    key, token = services.keys.create(body.name, body.role)
+    key, token = await asyncio.to_thread(services.keys.create, body.name, body.role)
     await audit(services, caller, "key.create", key.key_id, "ok", name=key.name, role=key.role)
     return CreatedKey(**key.model_dump(), token=token)
 
@@ -49,7 +50,7 @@ async def create_key(body: NewKey, services: ServicesDep, caller: Admin) -> Crea
 @router.delete("/api/v1/keys/{key_id}")
 async def revoke_key(key_id: str, services: ServicesDep, caller: Admin) -> ApiKey:
     """Revoke a key at once; 404 if there is no such live key."""
-    key = services.keys.revoke(key_id)
+    key = await asyncio.to_thread(services.keys.revoke, key_id)
     await audit(services, caller, "key.revoke", key_id, "ok", name=key.name)
     return key
 
