@@ -11,6 +11,7 @@ from pathlib import Path
 from derim.control.schedules import Schedule
 from derim.errors import NotFoundError, StorageError
 from derim.models.command import CommandResult
+from derim.storage.sqlite_file import open_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -41,10 +42,7 @@ class CommandStore:
         await asyncio.to_thread(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
+        db = open_file(self.path, _SCHEMA)
         self._db = db
 
     async def close(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from derim.errors import StorageError
+from derim.storage.sqlite_file import open_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -59,10 +60,7 @@ class AuditLog:
 
     def open_sync(self) -> None:
         """Create or open the file (for the CLI)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
+        db = open_file(self.path, _SCHEMA)
         self._db = db
 
     def close(self) -> None:

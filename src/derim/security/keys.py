@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from derim.errors import NotFoundError, StorageError
+from derim.storage.sqlite_file import open_file
 
 PREFIX = "derim_"
 _SCHEMA = """
@@ -82,10 +83,7 @@ class KeyStore:
 
     def open_sync(self) -> None:
         """Create or open the file (for the CLI)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(_SCHEMA)
+        db = open_file(self.path, _SCHEMA)
         self._db = db
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from derim.errors import StorageError
+from derim.storage.sqlite_file import open_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rejects (
@@ -57,10 +58,7 @@ class RejectStore:
         await asyncio.to_thread(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(_SCHEMA)
+        db = open_file(self.path, _SCHEMA)
         self._db = db
 
     async def close(self) -> None:

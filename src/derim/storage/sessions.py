@@ -15,6 +15,7 @@ from pathlib import Path
 
 from derim.errors import StorageError
 from derim.models.session import ChargingSession, SessionState
+from derim.storage.sqlite_file import open_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -55,10 +56,7 @@ class SessionStore:
         await asyncio.to_thread(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
+        db = open_file(self.path, _SCHEMA)
         active = db.execute(f"SELECT {_COLUMNS} FROM sessions WHERE state = 'active'")
         for row in active.fetchall():
             session = _session(row)
