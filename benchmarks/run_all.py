@@ -37,6 +37,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "f": ("bench_polling.py", "polling 1,000 SunSpec devices over Modbus TCP"),
     "g": ("bench_mqtt.py", "MQTT broker to stored record, QoS 1 and 0"),
     "h": ("bench_ocpp.py", "OCPP central system: many chargers, heartbeats and meter values"),
+    "i": ("bench_api_load.py", "API under mixed load: 50 clients, reads, ingest, commands"),
 }
 
 
