@@ -139,13 +139,13 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
                 log.error("device %s is not polled: %s", device.id, exc)
         rejects = RejectStore(settings.data_dir / "rejects.db")
         await rejects.open()
-        stack.push_async_callback(rejects.close)
+        stack.callback(rejects.close)
         sessions = SessionStore(settings.data_dir / "sessions.db")
         await sessions.open()
         stack.push_async_callback(sessions.close)
         commands = CommandStore(settings.data_dir / "commands.db")
         await commands.open()
-        stack.push_async_callback(commands.close)
+        stack.callback(commands.close)
         controller = Controller(
             registry, commands, adapters, partial(_latest, store), wait_s=settings.control_wait_s
         )

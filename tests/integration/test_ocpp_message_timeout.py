@@ -42,7 +42,8 @@ async def central_with_stuck_store(data_dir: Path) -> AsyncIterator[CentralSyste
         yield central
     finally:
         await central.aclose()
-        for part in (rejects, sessions, registry):
+        rejects.close()
+        for part in (sessions, registry):
             await part.close()
 
 

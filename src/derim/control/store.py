@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from datetime import datetime
-from pathlib import Path
 
 from derim.control.schedules import Schedule
 from derim.errors import NotFoundError, StorageError
 from derim.models.command import CommandResult
-from derim.storage.sqlite_file import open_file
+from derim.storage.sqlite_file import SQLiteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -29,28 +27,11 @@ CREATE TABLE IF NOT EXISTS schedules (
 """
 
 
-class CommandStore:
+class CommandStore(SQLiteFile):
     """Save (insert or update) and read command records."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    async def open(self) -> None:
-        """Create or open the file."""
-        await asyncio.to_thread(self._open)
-
-    def _open(self) -> None:
-        db = open_file(self.path, _SCHEMA)
-        self._db = db
-
-    async def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+    schema = _SCHEMA
+    label = "the command store"
 
     async def save(self, record: CommandResult) -> None:
         """Store the record as it is now (committed on return)."""
@@ -124,8 +105,3 @@ class CommandStore:
                 return [row[0] for row in self._connection().execute(statement, params)]
             except sqlite3.Error as exc:
                 raise StorageError(f"command store {self.path}: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StorageError("the command store is not open")
-        return self._db

@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import threading
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from derim.errors import StorageError
-from derim.storage.sqlite_file import open_file
+from derim.storage.sqlite_file import SQLiteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -46,29 +44,11 @@ class AuditEntry(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
-class AuditLog:
+class AuditLog(SQLiteFile):
     """Append and read audit entries."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    async def open(self) -> None:
-        """Create or open the file."""
-        await asyncio.to_thread(self.open_sync)
-
-    def open_sync(self) -> None:
-        """Create or open the file (for the CLI)."""
-        db = open_file(self.path, _SCHEMA)
-        self._db = db
-
-    def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+    schema = _SCHEMA
+    label = "the audit log"
 
     async def record(self, entry: AuditEntry) -> None:
         """Append an entry (committed on return)."""
@@ -130,8 +110,3 @@ class AuditLog:
                 ]
             except sqlite3.Error as exc:
                 raise StorageError(f"audit log {self.path}: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StorageError("the audit log is not open")
-        return self._db

@@ -9,21 +9,18 @@ runs takes effect at once.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
 import sqlite3
-import threading
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from derim.errors import NotFoundError, StorageError
-from derim.storage.sqlite_file import open_file
+from derim.storage.sqlite_file import SQLiteFile
 
 PREFIX = "derim_"
 _SCHEMA = """
@@ -69,29 +66,11 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class KeyStore:
+class KeyStore(SQLiteFile):
     """API keys in their own SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    async def open(self) -> None:
-        """Create or open the file."""
-        await asyncio.to_thread(self.open_sync)
-
-    def open_sync(self) -> None:
-        """Create or open the file (for the CLI)."""
-        db = open_file(self.path, _SCHEMA)
-        self._db = db
-
-    def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+    schema = _SCHEMA
+    label = "the key store"
 
     def create(self, name: str, role: Role) -> tuple[ApiKey, str]:
         """A new key and its token (shown once, stored only as a hash)."""
@@ -154,8 +133,3 @@ class KeyStore:
                 return list(self._connection().execute(statement, params))
             except sqlite3.Error as exc:
                 raise StorageError(f"key store {self.path}: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StorageError("the key store is not open")
-        return self._db

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from derim.errors import StorageError
-from derim.storage.sqlite_file import open_file
+from derim.storage.sqlite_file import SQLiteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rejects (
@@ -43,30 +42,16 @@ class Reject:
     id: int | None = None
 
 
-class RejectStore:
+class RejectStore(SQLiteFile):
     """Rejects in their own SQLite file; ``count`` is the total since start."""
 
+    schema = _SCHEMA
+    label = "the reject store"
+
     def __init__(self, path: Path, keep: int = 10_000) -> None:
-        self.path = path
+        super().__init__(path)
         self.keep = keep
         self.count = 0
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    async def open(self) -> None:
-        """Create or open the file."""
-        await asyncio.to_thread(self._open)
-
-    def _open(self) -> None:
-        db = open_file(self.path, _SCHEMA)
-        self._db = db
-
-    async def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
 
     async def add(self, rejects: Sequence[Reject]) -> None:
         """Store ``rejects`` (committed on return) and forget all but the newest ``keep``."""
@@ -122,8 +107,3 @@ class RejectStore:
             )
             for row in rows
         ]
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StorageError("the reject store is not open")
-        return self._db
