@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from derim.adapters.base import DeviceStatus
 from derim.adapters.manager import AdapterManager
@@ -38,9 +39,11 @@ from derim.storage.rejects import RejectStore
 from derim.storage.sessions import SessionStore
 from derim.storage.spool import Spool
 from derim.storage.sqlite import SQLiteStore
+from derim.storage.sqlite_file import SQLiteFile
 from derim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+FileT = TypeVar("FileT", bound=SQLiteFile)
 
 MAINTENANCE_INTERVAL_S = 30.0
 
@@ -137,26 +140,18 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
                 adapters.start(device.id, adapters.prepare(device))
             except DerimError as exc:
                 log.error("device %s is not polled: %s", device.id, exc)
-        rejects = RejectStore(settings.data_dir / "rejects.db")
-        await rejects.open()
-        stack.callback(rejects.close)
+        rejects = await _opened(stack, RejectStore(settings.data_dir / "rejects.db"))
         sessions = SessionStore(settings.data_dir / "sessions.db")
         await sessions.open()
         stack.push_async_callback(sessions.close)
-        commands = CommandStore(settings.data_dir / "commands.db")
-        await commands.open()
-        stack.callback(commands.close)
+        commands = await _opened(stack, CommandStore(settings.data_dir / "commands.db"))
         controller = Controller(
             registry, commands, adapters, partial(_latest, store), wait_s=settings.control_wait_s
         )
         controller.start()
         stack.push_async_callback(controller.aclose)
-        keys = KeyStore(settings.data_dir / "keys.db")
-        await keys.open()
-        stack.callback(keys.close)
-        audit = AuditLog(settings.data_dir / "audit.db")
-        await audit.open()
-        stack.callback(audit.close)
+        keys = await _opened(stack, KeyStore(settings.data_dir / "keys.db"))
+        audit = await _opened(stack, AuditLog(settings.data_dir / "audit.db"))
         _warn_about_auth(settings, keys)
         limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         scheduler = Scheduler(
@@ -184,6 +179,13 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
         stack.push_async_callback(cancel_and_wait, maintenance)
         yield services
+
+
+async def _opened(stack: contextlib.AsyncExitStack, file: FileT) -> FileT:
+    """``file`` opened, and closed when ``stack`` unwinds."""
+    await file.open()
+    stack.callback(file.close)
+    return file
 
 
 async def _latest(store: Store, device_id: str) -> dict[str, object] | None:
