@@ -61,8 +61,19 @@ def regularise(series: pd.Series, freq: pd.Timedelta) -> pd.Series:
     values.index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
     values = values.sort_index()
     regular = values.resample(freq, label="left", closed="left").mean()
-    limit = int(INTERPOLATE_LIMIT // freq)
-    if limit > 0:
-        regular = regular.interpolate(method="time", limit=limit, limit_area="inside")
+    missing = regular.isna().to_numpy()
+    if missing.any():
+        filled = regular.interpolate(method="time", limit_area="inside")
+        short = missing & (_run_lengths(missing) <= INTERPOLATE_LIMIT // freq)
+        regular = regular.where(~short, filled)
     regular.name = series.name
     return regular
+
+
+def _run_lengths(mask: np.ndarray) -> np.ndarray:
+    """For each True element, the length of the run of Trues it belongs to (0 elsewhere)."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    lengths = np.zeros(len(mask), dtype=int)
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        lengths[start:stop] = stop - start
+    return lengths
