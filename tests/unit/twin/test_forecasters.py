@@ -45,7 +45,8 @@ def test_a_forecast_starts_after_the_history_and_orders_its_quantiles(name: str)
     forecast = model.predict(pd.Timedelta(hours=30))
     assert len(forecast.index) == 30
     assert forecast.index[0] == series.index[-1] + HOUR
-    assert np.all(forecast.p10 <= forecast.p50) and np.all(forecast.p50 <= forecast.p90)
+    assert np.all(forecast.p10 <= forecast.p50)
+    assert np.all(forecast.p50 <= forecast.p90)
 
 
 def test_seasonal_baselines_repeat_yesterday_and_last_week() -> None:
@@ -88,7 +89,7 @@ def test_bad_requests_name_what_is_wrong() -> None:
     model each raise TwinError saying so."""
     with pytest.raises(TwinError, match="latitude and longitude"):
         ClearSkyPersistence().fit(weekly_pattern(), Covariates(HOUR))
-    with pytest.raises(TwinError, match="needs 45 days of history, got 10.0"):
+    with pytest.raises(TwinError, match=r"needs 45 days of history, got 10\.0"):
         Persistence().fit(weekly_pattern(10), Covariates(HOUR))
     model = Persistence().fit(weekly_pattern(), Covariates(HOUR))
     with pytest.raises(TwinError, match="longer than the maximum"):
@@ -126,8 +127,10 @@ def test_learnt_models_beat_the_baselines_on_real_pv_data() -> None:
     )
     overall = {m.model: m for m in result.overall()}
     ensemble = overall["ensemble"]
-    assert ensemble.skill_vs_persistence is not None and ensemble.skill_vs_persistence > 0.25
-    assert ensemble.skill_vs_clearsky is not None and ensemble.skill_vs_clearsky > 0
+    assert ensemble.skill_vs_persistence is not None
+    assert ensemble.skill_vs_persistence > 0.25
+    assert ensemble.skill_vs_clearsky is not None
+    assert ensemble.skill_vs_clearsky > 0
     assert ensemble.mae < overall["seasonal_daily"].mae
     assert 0.7 <= ensemble.coverage_p10_p90 <= 0.9
     assert result.best() == "ensemble"
