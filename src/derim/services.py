@@ -1,6 +1,6 @@
 """Wiring of the core: registry, store, spool, durable writer, ingest bus, dead letters, charging
-sessions and the adapters (polled devices; the MQTT broker when ``mqtt_url`` is set; the OCPP
-central system unless disabled), opened together."""
+sessions, the twin and the adapters (polled devices; the MQTT broker when ``mqtt_url`` is set;
+the OCPP central system unless disabled), opened together."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from derim.models.telemetry import DERTelemetry
 from derim.security.audit import AuditLog
 from derim.security.keys import KeyStore
 from derim.security.ratelimit import RateLimiter
+from derim.storage.anomalies import AnomalyStore
 from derim.storage.base import Store
 from derim.storage.durable import DurableWriter
 from derim.storage.registry import DeviceRegistry
@@ -41,6 +42,7 @@ from derim.storage.spool import Spool
 from derim.storage.sqlite import SQLiteStore
 from derim.storage.sqlite_file import SQLiteFile
 from derim.tasks import cancel_and_wait
+from derim.twin.service import TwinService
 
 log = logging.getLogger(__name__)
 FileT = TypeVar("FileT", bound=SQLiteFile)
@@ -83,6 +85,7 @@ class Services:
     audit: AuditLog
     rate_limiter: RateLimiter
     scheduler: Scheduler
+    twin: TwinService
     mqtt: MqttAdapter | None = None
     ocpp: CentralSystem | None = None
     sites: SiteBalancer | None = None
@@ -158,9 +161,12 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             controller.submit, partial(_members, registry), commands.save_schedule
         )
         scheduler.load(await commands.schedules(limit=10_000))
+        anomalies = await _opened(stack, AnomalyStore(settings.data_dir / "anomalies.db"))
+        twin = TwinService(settings.data_dir / "twin", registry, store, anomalies)
+        stack.push_async_callback(twin.close)
         services = Services(
             settings, registry, store, spool, writer, bus, adapters, rejects, sessions,
-            controller, keys, audit, limiter, scheduler,
+            controller, keys, audit, limiter, scheduler, twin,
         )  # fmt: skip
         if settings.ocpp_enabled:
             central = CentralSystem(settings, registry, sessions, rejects, services.ingest)

@@ -22,6 +22,7 @@ from derim.api.routes import (
     schedules,
     sites,
     telemetry,
+    twin,
 )
 from derim.config import Settings
 from derim.services import running_services
@@ -54,6 +55,17 @@ def create_app(settings: Settings) -> FastAPI:
             allow_credentials=False,
         )
     install_error_handlers(app)
-    for module in (health, devices, telemetry, rejects, fleet, control, schedules, sites, admin):
+    for module in (
+        health,
+        devices,
+        telemetry,
+        rejects,
+        fleet,
+        control,
+        schedules,
+        sites,
+        twin,
+        admin,
+    ):
         app.include_router(module.router)
     return app

@@ -31,6 +31,7 @@ from derim.errors import (
     RateLimitedError,
     StorageError,
     TransportError,
+    TwinError,
     UnsupportedMediaTypeError,
 )
 
@@ -45,6 +46,7 @@ STATUS_BY_ERROR: list[tuple[type[DerimError], int]] = [
     (ConflictError, 409),
     (DeviceRejected, 409),
     (InvalidRequestError, 422),
+    (TwinError, 422),
     (UnsupportedMediaTypeError, 415),
     (ProtocolError, 502),
     (TransportError, 503),

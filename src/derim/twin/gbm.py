@@ -78,7 +78,7 @@ class GradientBoosting(Forecaster):
             "num_leaves": 31,
             "min_data_in_leaf": 50,
             "feature_fraction": 0.9,
-            "num_threads": 2,
+            "num_threads": 1,  # OpenMP spins when the cores are busy (training beside serving)
             "seed": self.seed,
             "verbosity": -1,
         }

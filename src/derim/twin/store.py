@@ -72,6 +72,10 @@ class ModelStore:
             raise TwinError(f"model file {folder}/v{version}.pkl holds no forecaster")
         return forecaster, info
 
+    def latest_version(self, device_id: str, field: str, model: str) -> int | None:
+        """The newest stored version of ``model``, if any."""
+        return max(self._versions(self.root / device_id / field / model), default=None)
+
     def infos(self, device_id: str, field: str) -> list[ModelInfo]:
         """The latest version's info of every model stored for the device's ``field``."""
         base = self.root / device_id / field

@@ -1,0 +1,230 @@
+"""``/api/v1/forecast`` and ``/api/v1/twin``: served forecasts, training, anomalies, what-if."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import APIRouter, Depends, Query
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
+
+from derim.api.auth import Operator, Viewer, audit
+from derim.api.deps import get_services
+from derim.api.routes.schedules import create_schedule
+from derim.control.schedules import ScheduleRequest
+from derim.errors import InvalidRequestError, TwinError
+from derim.services import Services
+from derim.twin.anomaly import Anomaly
+from derim.twin.base import Forecast
+from derim.twin.dispatch import to_schedule_request
+from derim.twin.service import TrainingJob, TrainRequest
+from derim.twin.simulate import Scenario, SimulationResult, scenario_from_forecasts, simulate
+from derim.twin.store import ModelInfo
+from derim.twin.timeseries import parse_duration
+
+router = APIRouter(tags=["twin"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+FieldQuery = Annotated[str, Query(pattern=r"^[a-z0-9_]{1,64}$", description="Telemetry field.")]
+
+
+class ForecastPoint(BaseModel):
+    """One step of a forecast: the interval start and the 10th, 50th and 90th percentiles."""
+
+    timestamp: datetime
+    p10: float
+    p50: float
+    p90: float
+
+
+class ForecastResponse(BaseModel):
+    """A served forecast and the model that made it."""
+
+    device_id: str
+    field: str
+    model: str
+    version: int
+    trained_at: datetime
+    freq: str
+    horizon: str
+    points: list[ForecastPoint]
+
+
+class WhatIfRequest(BaseModel):
+    """A what-if on served forecasts: which devices, how far ahead, and the scenario changes."""
+
+    load_device_id: str
+    pv_device_id: str | None = None
+    horizon: str = "24h"
+    changes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Other Scenario fields: pv_scale, curtail_pct, battery, ev, site_cap_kw, ...",
+    )
+
+
+class DispatchRequest(BaseModel):
+    """A battery dispatch to simulate and, with ``send``, to schedule on ``device_id``."""
+
+    device_id: str
+    scenario: Scenario
+    send: bool = False
+    name: str = Field("twin dispatch", max_length=128)
+
+
+class DispatchResponse(BaseModel):
+    """The simulated dispatch, the schedule it makes and, when sent, the schedule's id."""
+
+    result: SimulationResult
+    schedule: ScheduleRequest
+    schedule_id: uuid.UUID | None
+
+
+class ModelsResponse(BaseModel):
+    """The stored models of a device's field and the one served by default."""
+
+    selected: str | None
+    models: list[ModelInfo]
+
+
+@router.get("/api/v1/forecast/{device_id}")
+async def get_forecast(
+    device_id: str,
+    services: ServicesDep,
+    caller: Viewer,
+    horizon: Annotated[str, Query(description="How far ahead, 15min to 168h.")] = "24h",
+    model: Annotated[str | None, Query(description="Default: chosen by backtest.")] = None,
+    field: FieldQuery = "power_kw",
+) -> ForecastResponse:
+    """Forecast a device's field from now with P10/P50/P90; 404 until a model is trained."""
+    ahead = _duration(horizon, "horizon")
+    forecast, info = await services.twin.forecast(device_id, field, ahead, model)
+    points = [
+        ForecastPoint(timestamp=t.to_pydatetime(), p10=lo, p50=mid, p90=hi)
+        for t, lo, mid, hi in zip(
+            forecast.index,
+            forecast.p10.tolist(),
+            forecast.p50.tolist(),
+            forecast.p90.tolist(),
+            strict=True,
+        )
+    ]
+    return ForecastResponse(
+        device_id=device_id,
+        field=field,
+        model=info.model,
+        version=info.version,
+        trained_at=info.trained_at,
+        freq=info.freq,
+        horizon=str(ahead),
+        points=points,
+    )
+
+
+@router.post("/api/v1/twin/{device_id}/train", status_code=202)
+async def start_training(
+    device_id: str, body: TrainRequest, services: ServicesDep, caller: Operator
+) -> TrainingJob:
+    """Backtest and train forecasters on the device's stored history in the background."""
+    job = await services.twin.start_training(device_id, body)
+    await audit(services, caller, "twin.train", device_id, "ok", job_id=job.job_id)
+    return job
+
+
+@router.get("/api/v1/twin/jobs/{job_id}")
+async def get_training_job(job_id: str, services: ServicesDep, caller: Viewer) -> TrainingJob:
+    """A training job's state and, when done, the stored models and their backtest."""
+    return services.twin.job(job_id)
+
+
+@router.get("/api/v1/twin/{device_id}/models")
+async def list_models(
+    device_id: str, services: ServicesDep, caller: Viewer, field: FieldQuery = "power_kw"
+) -> ModelsResponse:
+    """The latest version of each stored model and the one served by default."""
+    services.registry.get(device_id)
+    models = services.twin.models
+    return ModelsResponse(
+        selected=models.selected(device_id, field), models=models.infos(device_id, field)
+    )
+
+
+@router.get("/api/v1/twin/{device_id}/anomalies")
+async def list_anomalies(
+    device_id: str,
+    services: ServicesDep,
+    caller: Viewer,
+    start: AwareDatetime | None = None,
+    end: AwareDatetime | None = None,
+    field: FieldQuery = "power_kw",
+) -> list[Anomaly]:
+    """Scan [start, end) (default: the last day) and return every anomaly stored in it."""
+    until = end or datetime.now(UTC)
+    since = start or until - timedelta(days=1)
+    if until <= since:
+        raise InvalidRequestError("end", "must be after start")
+    return await services.twin.anomalies(device_id, field, since, until)
+
+
+@router.post("/api/v1/twin/simulate")
+async def run_simulation(body: Scenario, caller: Viewer) -> SimulationResult:
+    """What-if on given series: PV, curtailment, battery and EV changes; net load and SoC."""
+    return await asyncio.to_thread(simulate, body)
+
+
+@router.post("/api/v1/twin/whatif")
+async def run_what_if(
+    body: WhatIfRequest, services: ServicesDep, caller: Viewer
+) -> SimulationResult:
+    """What-if on the devices' served forecasts: the load device's consumption (the negated
+    ``power_kw`` of a meter, as delivered-to-grid is positive) and the PV device's output."""
+    horizon = _duration(body.horizon, "horizon")
+    load, _ = await services.twin.forecast(body.load_device_id, "power_kw", horizon, None)
+    pv = None
+    if body.pv_device_id is not None:
+        pv, _ = await services.twin.forecast(body.pv_device_id, "power_kw", horizon, None)
+    consumption = Forecast(load.model, load.index, -load.p90, -load.p50, -load.p10)
+    try:
+        scenario = scenario_from_forecasts(consumption, pv, **body.changes)
+    except ValidationError as exc:
+        raise InvalidRequestError("changes", _first_error(exc)) from exc
+    return await asyncio.to_thread(simulate, scenario)
+
+
+@router.post("/api/v1/twin/dispatch")
+async def dispatch_battery(
+    body: DispatchRequest, services: ServicesDep, caller: Operator
+) -> DispatchResponse:
+    """Simulate the scenario's battery strategy (e.g. ``optimise``) and turn its power into a
+    schedule for ``device_id``; with ``send`` the schedule is created like POST /schedules."""
+    if body.scenario.battery is None:
+        raise InvalidRequestError("scenario.battery", "a dispatch needs a battery")
+    services.registry.get(body.device_id)
+    result = await asyncio.to_thread(simulate, body.scenario)
+    request = to_schedule_request(
+        body.device_id,
+        body.scenario.start,
+        body.scenario.step,
+        result.battery_kw,
+        name=body.name,
+    )
+    if not body.send:
+        return DispatchResponse(result=result, schedule=request, schedule_id=None)
+    schedule = await create_schedule(request, services, caller)
+    return DispatchResponse(result=result, schedule=request, schedule_id=schedule.schedule_id)
+
+
+def _first_error(exc: ValidationError) -> str:
+    """The first problem of a validation error as ``field: message``."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+def _duration(text: str, name: str) -> pd.Timedelta:
+    """A duration query parameter; 422 naming it when it is not one."""
+    try:
+        return parse_duration(text, name)
+    except TwinError as exc:
+        raise InvalidRequestError(name, str(exc)) from exc

@@ -1,0 +1,247 @@
+"""The twin inside ``derim serve``: served forecasts, background training jobs, anomaly scans.
+
+Training runs in a separate process (one at a time), so neither the event loop nor the API's
+threads wait for it; torch is imported there, never in the serving process unless an LSTM is
+served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from derim.errors import NotFoundError, TwinError
+from derim.models.device import DERDevice
+from derim.storage.anomalies import AnomalyStore
+from derim.storage.base import Store
+from derim.storage.registry import DeviceRegistry
+from derim.twin.anomaly import Anomaly, detect
+from derim.twin.base import Forecast, Forecaster
+from derim.twin.catalogue import FORECASTERS
+from derim.twin.history import load_history
+from derim.twin.store import ModelInfo, ModelStore
+from derim.twin.timeseries import parse_duration, steps_per_day
+from derim.twin.training import TrainingPlan, TrainingReport, site_of, train
+
+log = logging.getLogger(__name__)
+
+RESIDUAL_WINDOW = timedelta(days=14)
+"""Anomaly scans compare with a model's day-ahead forecasts for windows up to this long."""
+MAX_SCAN_WINDOW = timedelta(days=366)
+
+
+class TrainRequest(BaseModel):
+    """What to train for a device: field, candidate models, history length, step and horizon."""
+
+    field: str = Field("power_kw", pattern=r"^[a-z0-9_]{1,64}$")
+    models: list[str] | None = Field(None, description="Default: every model.", max_length=16)
+    days: int = Field(365, ge=7, le=3660, description="Days of stored history to use.")
+    freq: str = Field("15min", description="15min or 1h.")
+    horizon: str = Field("24h", description="Forecast horizon, up to 168h.")
+
+
+class JobState(StrEnum):
+    """Where a training job is."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class TrainingJob(BaseModel):
+    """A background training job and, once done, its report or error."""
+
+    job_id: str
+    device_id: str
+    field: str
+    state: JobState
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+    selected: str | None = None
+    models: list[ModelInfo] = Field(default_factory=list)
+    backtest: list[dict[str, object]] = Field(default_factory=list)
+
+
+@dataclass
+class _Served:
+    version: int
+    forecaster: Forecaster
+    info: ModelInfo
+
+
+def run_training(root: Path, series: pd.Series, plan: TrainingPlan) -> TrainingReport:
+    """Train in the worker process (module-level so it can be pickled)."""
+    return train(series, plan, ModelStore(root))
+
+
+class TwinService:
+    """Forecasts, training jobs and anomaly scans for registered devices."""
+
+    def __init__(
+        self, root: Path, registry: DeviceRegistry, store: Store, anomalies: AnomalyStore
+    ) -> None:
+        self.models = ModelStore(root)
+        self.registry = registry
+        self.store = store
+        self.anomaly_store = anomalies
+        self.jobs: dict[str, TrainingJob] = {}
+        self._served: dict[tuple[str, str, str], _Served] = {}
+        self._executor: ProcessPoolExecutor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stop the training process (a job in progress is abandoned)."""
+        for task in self._tasks:
+            task.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def forecast(
+        self, device_id: str, field: str, horizon: pd.Timedelta, model: str | None
+    ) -> tuple[Forecast, ModelInfo]:
+        """The forecast of ``field`` from now, by ``model`` or the one the backtest chose."""
+        self.registry.get(device_id)
+        name = model or self.models.selected(device_id, field)
+        if name is None:
+            raise NotFoundError(
+                "trained model",
+                f"{device_id}/{field} (train one: POST /api/v1/twin/{device_id}/train)",
+            )
+        served = await asyncio.to_thread(self._load, device_id, field, name)
+        forecaster = served.forecaster
+        freq = forecaster.freq
+        end = pd.Timestamp.now(tz="UTC").floor(freq)
+        start = end - pd.Timedelta(days=forecaster.context_days)
+        history = await load_history(self.store, device_id, field, start, end, freq)
+        return forecaster.predict(horizon, history), served.info
+
+    def _load(self, device_id: str, field: str, name: str) -> _Served:
+        """The latest stored version of a model, from memory when it is unchanged."""
+        key = (device_id, field, name)
+        version = self.models.latest_version(device_id, field, name)
+        cached = self._served.get(key)
+        if cached is not None and cached.version == version:
+            return cached
+        forecaster, info = self.models.load(device_id, field, name)
+        self._served[key] = _Served(info.version, forecaster, info)
+        return self._served[key]
+
+    async def start_training(self, device_id: str, request: TrainRequest) -> TrainingJob:
+        """Load the history and start a training job; returns at once."""
+        device = self.registry.get(device_id)
+        models = request.models or list(FORECASTERS)
+        unknown = [m for m in models if m not in FORECASTERS]
+        if unknown:
+            raise TwinError(
+                f"unknown model(s) {', '.join(unknown)}; known: {', '.join(FORECASTERS)}"
+            )
+        freq = parse_duration(request.freq, "freq")
+        horizon = parse_duration(request.horizon, "horizon")
+        end = pd.Timestamp.now(tz="UTC").floor(freq)
+        series = await load_history(
+            self.store, device_id, request.field, end - pd.Timedelta(days=request.days), end, freq
+        )
+        plan = TrainingPlan(device_id, request.field, models, freq, horizon, site_of(device))
+        job = TrainingJob(
+            job_id=uuid.uuid4().hex,
+            device_id=device_id,
+            field=request.field,
+            state=JobState.RUNNING,
+            started_at=datetime.now(UTC),
+        )
+        self.jobs[job.job_id] = job
+        task = asyncio.create_task(self._run(job, series, plan))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def _run(self, job: TrainingJob, series: pd.Series, plan: TrainingPlan) -> None:
+        """Run one job in the worker process and record its outcome."""
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        loop = asyncio.get_running_loop()
+        try:
+            report = await loop.run_in_executor(
+                self._executor, run_training, self.models.root, series, plan
+            )
+        except Exception as exc:  # any failure of the job is reported on the job
+            log.warning("training %s for %s failed: %s", job.job_id, job.device_id, exc)
+            job.state, job.error = JobState.FAILED, str(exc) or type(exc).__name__
+        else:
+            job.state, job.selected = JobState.SUCCEEDED, report.selected
+            job.models, job.backtest = report.models, report.backtest
+        job.finished_at = datetime.now(UTC)
+
+    def job(self, job_id: str) -> TrainingJob:
+        """A training job started by this process."""
+        found = self.jobs.get(job_id)
+        if found is None:
+            raise NotFoundError("training job", job_id)
+        return found
+
+    async def anomalies(
+        self, device_id: str, field: str, start: datetime, end: datetime
+    ) -> list[Anomaly]:
+        """Scan [start, end) of the stored readings, store what is found, return all stored."""
+        device = self.registry.get(device_id)
+        if end - start > MAX_SCAN_WINDOW:
+            raise TwinError(f"the anomaly window is longer than {MAX_SCAN_WINDOW.days} days")
+        freq = pd.Timedelta(minutes=15)
+        try:
+            measured = await load_history(self.store, device_id, field, start, end, freq)
+        except TwinError:
+            measured = None
+        if measured is not None:
+            expected = await self._expected(device, field, measured)
+            to_watts = 1000.0 if field.endswith("_kw") else 1.0
+            capacity = device.rated_power_kw
+            found = await asyncio.to_thread(
+                detect,
+                measured * to_watts,
+                freq=freq,
+                expected=None if expected is None else expected * to_watts,
+                site=site_of(device),
+                capacity=None if capacity is None else capacity * 1000.0,
+                field=field,
+            )
+            await self.anomaly_store.add(device_id, found)
+        return await self.anomaly_store.between(device_id, start, end)
+
+    async def _expected(
+        self, device: DERDevice, field: str, measured: pd.Series
+    ) -> pd.DataFrame | None:
+        """Day-ahead forecasts of the served model over ``measured`` (short windows only)."""
+        name = self.models.selected(device.id, field)
+        span = measured.index[-1] - measured.index[0]
+        if name is None or span > RESIDUAL_WINDOW:
+            return None
+        forecaster = (await asyncio.to_thread(self._load, device.id, field, name)).forecaster
+        if forecaster.freq != pd.Timedelta(minutes=15):
+            return None
+        context = pd.Timedelta(days=forecaster.context_days)
+        before = await load_history(
+            self.store,
+            device.id,
+            field,
+            measured.index[0] - context,
+            measured.index[0],
+            forecaster.freq,
+        )
+        series = pd.concat([before, measured])
+        per_day = steps_per_day(forecaster.freq)
+        frames = []
+        for origin in range(len(before), len(series), per_day):
+            frames.append(forecaster.predict(pd.Timedelta(days=1), series.iloc[:origin]).frame())
+        return pd.concat(frames).reindex(measured.index)
