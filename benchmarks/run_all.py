@@ -38,6 +38,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "g": ("bench_mqtt.py", "MQTT broker to stored record, QoS 1 and 0"),
     "h": ("bench_ocpp.py", "OCPP central system: many chargers, heartbeats and meter values"),
     "i": ("bench_api_load.py", "API under mixed load: 50 clients, reads, ingest, commands"),
+    "j": ("bench_twin.py", "digital twin: accuracy on real PV, LSTM training, served forecasts"),
 }
 
 

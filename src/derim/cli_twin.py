@@ -174,7 +174,9 @@ async def _train_stored(
     finally:
         await store.close()
         await registry.close()
-    plan = TrainingPlan(device_id, field, models, freq, horizon, site_of(device))
+    plan = TrainingPlan(
+        device_id, field, models, freq, horizon, site_of(device), epochs=settings.lstm_epochs
+    )
     with tqdm(total=2 * len(models), desc="training", unit="step") as bar:
 
         def advance(message: str) -> None:

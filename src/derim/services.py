@@ -162,7 +162,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         )
         scheduler.load(await commands.schedules(limit=10_000))
         anomalies = await _opened(stack, AnomalyStore(settings.data_dir / "anomalies.db"))
-        twin = TwinService(settings.data_dir / "twin", registry, store, anomalies)
+        twin = TwinService(
+            settings.data_dir / "twin", registry, store, anomalies, settings.lstm_epochs
+        )
         stack.push_async_callback(twin.close)
         services = Services(
             settings, registry, store, spool, writer, bus, adapters, rejects, sessions,

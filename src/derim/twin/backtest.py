@@ -74,10 +74,11 @@ def backtest(
     models: Sequence[str] = tuple(FORECASTERS),
     test_days: int | None = None,
     progress: Progress | None = None,
+    epochs: int | None = None,
 ) -> BacktestResult:
     """Fit each model before the test window and score its forecasts from every day start in it.
 
-    ``test_days`` defaults to a fifth of the series (at least 7 days).
+    ``test_days`` defaults to a fifth of the series (at least 7 days); ``epochs`` is the LSTM's.
     """
     per_day = steps_per_day(covariates.freq)
     steps = horizon_steps(horizon, covariates.freq)
@@ -91,7 +92,7 @@ def backtest(
     forecasts: dict[str, list[Forecast]] = {}
     skipped: dict[str, str] = {}
     for name in models:
-        model = make_forecaster(name)
+        model = make_forecaster(name, horizon=horizon, epochs=epochs)
         if model.needs_site and covariates.site is None:
             skipped[name] = "needs a latitude and longitude"
             continue

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
 
 from derim.errors import TwinError
 from derim.twin.base import Forecaster
@@ -36,11 +39,24 @@ BASELINES = (
 )
 
 
-def make_forecaster(name: str) -> Forecaster:
-    """A new, unfitted forecaster called ``name``; TwinError lists the known names."""
+def make_forecaster(
+    name: str, *, horizon: pd.Timedelta | None = None, epochs: int | None = None
+) -> Forecaster:
+    """A new, unfitted forecaster called ``name``; TwinError lists the known names.
+
+    ``horizon`` and ``epochs`` matter to the LSTM only, which is trained for one horizon (at
+    least 24 h).
+    """
     factory = FORECASTERS.get(name)
     if factory is None:
         raise TwinError(f"unknown model {name!r}; known: {', '.join(FORECASTERS)}")
+    if factory is LstmForecaster:
+        options: dict[str, Any] = {}
+        if horizon is not None:
+            options["horizon"] = max(horizon, pd.Timedelta(hours=24))
+        if epochs is not None:
+            options["epochs"] = epochs
+        return LstmForecaster(**options)
     return factory()
 
 

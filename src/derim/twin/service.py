@@ -89,9 +89,16 @@ class TwinService:
     """Forecasts, training jobs and anomaly scans for registered devices."""
 
     def __init__(
-        self, root: Path, registry: DeviceRegistry, store: Store, anomalies: AnomalyStore
+        self,
+        root: Path,
+        registry: DeviceRegistry,
+        store: Store,
+        anomalies: AnomalyStore,
+        epochs: int | None = None,
     ) -> None:
         self.models = ModelStore(root)
+        self.epochs = epochs
+        """LSTM training epochs."""
         self.registry = registry
         self.store = store
         self.anomaly_store = anomalies
@@ -153,7 +160,9 @@ class TwinService:
         series = await load_history(
             self.store, device_id, request.field, end - pd.Timedelta(days=request.days), end, freq
         )
-        plan = TrainingPlan(device_id, request.field, models, freq, horizon, site_of(device))
+        plan = TrainingPlan(
+            device_id, request.field, models, freq, horizon, site_of(device), epochs=self.epochs
+        )
         job = TrainingJob(
             job_id=uuid.uuid4().hex,
             device_id=device_id,

@@ -29,6 +29,8 @@ class TrainingPlan:
     horizon: pd.Timedelta
     site: Site | None = None
     test_days: int | None = None
+    epochs: int | None = None
+    """LSTM training epochs (the ``lstm_epochs`` setting)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ def train(
         models=plan.models,
         test_days=plan.test_days,
         progress=progress,
+        epochs=plan.epochs,
     )
     overall = {m.model: m.as_dict() for m in result.overall()}
     stored: list[ModelInfo] = []
@@ -67,7 +70,8 @@ def train(
         if progress:
             progress(f"training {name} on all data")
         began = time.perf_counter()
-        model = make_forecaster(name).fit(series, covariates)
+        model = make_forecaster(name, horizon=plan.horizon, epochs=plan.epochs)
+        model.fit(series, covariates)
         info = ModelInfo(
             device_id=plan.device_id,
             field=plan.field,
