@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 from certificates import make_certificates
 
@@ -148,3 +149,31 @@ def test_keys_are_created_listed_and_revoked_and_serve_speaks_tls(tmp_path: Path
         ("cli", "key.revoke", key_id),
         ("cli", "device.create", "pv-9"),
     ]
+
+
+def test_twin_train_backtests_and_stores_models_for_stored_readings(tmp_path: Path) -> None:
+    """``derim twin train`` on 60 days of imported household load (SimBench H0-A) backtests the
+    models, stores a version of each, marks the better one as served and shows progress."""
+    from derim.twin.datasets import simbench_load
+
+    assert run(tmp_path, "devices", "add", "home", "--type", "load").returncode == 0
+    load = simbench_load("H0-A").series.iloc[: 60 * 96] / -1000.0
+    end = pd.Timestamp.now(tz="UTC").floor("15min")
+    load.index = pd.date_range(end - pd.Timedelta(days=60), periods=len(load), freq="15min")
+    source = tmp_path / "home.csv"
+    load.rename("power_kw").rename_axis("timestamp").to_csv(
+        source, date_format="%Y-%m-%dT%H:%M:%SZ"
+    )
+    assert run(tmp_path, "import", str(source), "--device-id", "home").returncode == 0
+    trained = run(
+        tmp_path, "twin", "train", "home", "--days", "61", "--models", "persistence,moving_average"
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "serving moving_average by default for home power_kw" in trained.stdout
+    assert "training" in trained.stderr
+    stored = tmp_path / "twin" / "home" / "power_kw"
+    assert (stored / "moving_average" / "v1.pkl").exists()
+    assert (stored / "persistence" / "v1.json").exists()
+    refused = run(tmp_path, "twin", "train", "nobody")
+    assert refused.returncode != 0
+    assert "unknown device 'nobody'" in refused.stderr

@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from derim.errors import NotFoundError, TwinError
 from derim.models.device import DERDevice
@@ -42,6 +42,8 @@ MAX_SCAN_WINDOW = timedelta(days=366)
 
 class TrainRequest(BaseModel):
     """What to train for a device: field, candidate models, history length, step and horizon."""
+
+    model_config = ConfigDict(extra="forbid")
 
     field: str = Field("power_kw", pattern=r"^[a-z0-9_]{1,64}$")
     models: list[str] | None = Field(None, description="Default: every model.", max_length=16)

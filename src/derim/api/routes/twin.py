@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from derim.api.auth import Operator, Viewer, audit
 from derim.api.deps import get_services
@@ -27,6 +27,9 @@ from derim.twin.timeseries import parse_duration
 
 router = APIRouter(tags=["twin"])
 ServicesDep = Annotated[Services, Depends(get_services)]
+EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+"""Anomaly windows must lie within these (the storage's epoch-millisecond range, with room)."""
 FieldQuery = Annotated[str, Query(pattern=r"^[a-z0-9_]{1,64}$", description="Telemetry field.")]
 
 
@@ -55,6 +58,8 @@ class ForecastResponse(BaseModel):
 class WhatIfRequest(BaseModel):
     """A what-if on served forecasts: which devices, how far ahead, and the scenario changes."""
 
+    model_config = ConfigDict(extra="forbid")
+
     load_device_id: str
     pv_device_id: str | None = None
     horizon: str = "24h"
@@ -66,6 +71,8 @@ class WhatIfRequest(BaseModel):
 
 class DispatchRequest(BaseModel):
     """A battery dispatch to simulate and, with ``send``, to schedule on ``device_id``."""
+
+    model_config = ConfigDict(extra="forbid")
 
     device_id: str
     scenario: Scenario
@@ -160,6 +167,9 @@ async def list_anomalies(
     field: FieldQuery = "power_kw",
 ) -> list[Anomaly]:
     """Scan [start, end) (default: the last day) and return every anomaly stored in it."""
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and not EARLIEST <= value <= LATEST:
+            raise InvalidRequestError(name, f"must lie between {EARLIEST:%Y} and {LATEST:%Y}")
     until = end or datetime.now(UTC)
     since = start or until - timedelta(days=1)
     if until <= since:
