@@ -114,7 +114,7 @@ def test_forecast_requests_with_bad_parameters_are_refused(client: httpx.Client)
     """An unknown device is 404, a horizon over 168 h or not a duration is 422, a model never
     trained is 404, a training request for an unknown model is 422."""
     assert client.get("/api/v1/forecast/nobody").status_code == 404
-    for horizon in ("200h", "soon", "-1h"):
+    for horizon in ("200h", "soon", "-1h", "99999999999999d", "nan"):
         response = client.get(f"/api/v1/forecast/{DEVICE}", params={"horizon": horizon})
         assert response.status_code == 422, (horizon, response.text)
     assert client.get(f"/api/v1/forecast/{DEVICE}", params={"model": "lstm"}).status_code == 404

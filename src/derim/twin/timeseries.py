@@ -19,7 +19,7 @@ def parse_duration(text: str, what: str = "duration") -> pd.Timedelta:
     """``"24h"``, ``"15min"``, ``"7d"`` or ``"PT1H"`` as a positive Timedelta."""
     try:
         value = pd.Timedelta(text)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise TwinError(
             f"{what} {text!r} is not a duration such as '15min', '24h' or '7d'"
         ) from exc

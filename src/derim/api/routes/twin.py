@@ -23,7 +23,7 @@ from derim.twin.dispatch import to_schedule_request
 from derim.twin.service import TrainingJob, TrainRequest
 from derim.twin.simulate import Scenario, SimulationResult, scenario_from_forecasts, simulate
 from derim.twin.store import ModelInfo
-from derim.twin.timeseries import parse_duration
+from derim.twin.timeseries import MAX_HORIZON, parse_duration
 
 router = APIRouter(tags=["twin"])
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -233,8 +233,11 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _duration(text: str, name: str) -> pd.Timedelta:
-    """A duration query parameter; 422 naming it when it is not one."""
+    """A duration parameter of at most 168 h; 422 naming it when it is not one."""
     try:
-        return parse_duration(text, name)
+        value = parse_duration(text, name)
     except TwinError as exc:
         raise InvalidRequestError(name, str(exc)) from exc
+    if value > MAX_HORIZON:
+        raise InvalidRequestError(name, f"{text!r} is longer than the maximum of {MAX_HORIZON}")
+    return value
