@@ -22,6 +22,7 @@ from derim.adapters.mqtt.mapping import load_mapping, shipped_mapping
 from derim.adapters.ocpp.central import CentralSystem
 from derim.adapters.ocpp.site import SiteBalancer
 from derim.bus import IngestBus
+from derim.bus.events import EventHub
 from derim.config import Settings
 from derim.control.controller import Controller
 from derim.control.schedules import Schedule, Scheduler
@@ -86,6 +87,7 @@ class Services:
     rate_limiter: RateLimiter
     scheduler: Scheduler
     twin: TwinService
+    events: EventHub = field(default_factory=EventHub)
     mqtt: MqttAdapter | None = None
     ocpp: CentralSystem | None = None
     sites: SiteBalancer | None = None
