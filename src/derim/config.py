@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     """Require an API key on every route but /health; false only for a local demo (loudly)."""
     control_wait_s: float = _setting(10.0, "control_wait_s", gt=0, le=600)
     """How long ``POST /api/v1/control`` waits for the device's answer before replying 202."""
+    stream_buffer: int = _setting(1000, "stream_buffer", ge=1, le=100_000)
+    """Messages a stream client may fall behind by before its oldest are dropped (and counted)."""
+    stream_max_clients: int = _setting(2000, "stream_max_clients", ge=1, le=100_000)
+    """Concurrent WebSocket and SSE stream clients; more are refused."""
     ocpp_enabled: bool = _setting(True, "ocpp_enabled")
     """Run the OCPP central system that EV chargers connect to."""
     ocpp_port: int = _setting(9000, "ocpp_port", ge=0, le=65535)

@@ -46,6 +46,7 @@ REQUIRED: dict[tuple[str, str], Role] = {
     ("POST", "/api/v1/twin/simulate"): Role.VIEWER,
     ("POST", "/api/v1/twin/whatif"): Role.VIEWER,
     ("POST", "/api/v1/twin/dispatch"): Role.OPERATOR,
+    ("GET", "/api/v1/stream/asyncapi.json"): Role.VIEWER,
     ("GET", "/api/v1/sites"): Role.VIEWER,
     ("GET", "/api/v1/sites/{site}"): Role.VIEWER,
     ("PUT", "/api/v1/sites/{site}/limit"): Role.OPERATOR,

@@ -21,9 +21,11 @@ from derim.api.routes import (
     rejects,
     schedules,
     sites,
+    stream,
     telemetry,
     twin,
 )
+from derim.api.streaming import StreamHub
 from derim.config import Settings
 from derim.services import running_services
 
@@ -35,7 +37,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_services(settings) as services:
             app.state.services = services
-            yield
+            hub = StreamHub(
+                services.bus,
+                services.events,
+                services.registry,
+                buffer=settings.stream_buffer,
+                max_clients=settings.stream_max_clients,
+            )
+            hub.start()
+            app.state.stream_hub = hub
+            try:
+                yield
+            finally:
+                await hub.aclose()
 
     app = FastAPI(
         title="DERIM",
@@ -65,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         schedules,
         sites,
         twin,
+        stream,
         admin,
     ):
         app.include_router(module.router)
