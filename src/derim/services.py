@@ -1,6 +1,7 @@
 """Wiring of the core: registry, store, spool, durable writer, ingest bus, dead letters, charging
 sessions, the twin and the adapters (polled devices; the MQTT broker when ``mqtt_url`` is set;
-the OCPP central system unless disabled), opened together."""
+the OCPP central system unless disabled), opened together. Devices' changes of connection state,
+commands' results and new anomalies are published on the event hub."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from derim.adapters.base import DeviceStatus
+from derim.adapters.base import ConnectionState, DeviceStatus
 from derim.adapters.manager import AdapterManager
 from derim.adapters.mqtt.adapter import MqttAdapter
 from derim.adapters.mqtt.client import MqttClient
@@ -22,7 +23,7 @@ from derim.adapters.mqtt.mapping import load_mapping, shipped_mapping
 from derim.adapters.ocpp.central import CentralSystem
 from derim.adapters.ocpp.site import SiteBalancer
 from derim.bus import IngestBus
-from derim.bus.events import EventHub
+from derim.bus.events import Event, EventHub, EventType
 from derim.config import Settings
 from derim.control.controller import Controller
 from derim.control.schedules import Schedule, Scheduler
@@ -49,6 +50,11 @@ log = logging.getLogger(__name__)
 FileT = TypeVar("FileT", bound=SQLiteFile)
 
 MAINTENANCE_INTERVAL_S = 30.0
+STATE_EVENTS = {
+    ConnectionState.ONLINE: EventType.DEVICE_ONLINE,
+    ConnectionState.DEGRADED: EventType.DEVICE_DEGRADED,
+    ConnectionState.OFFLINE: EventType.DEVICE_OFFLINE,
+}
 
 
 def build_store(settings: Settings) -> Store:
@@ -132,7 +138,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         )
         bus.start()
         stack.push_async_callback(bus.stop)
-        adapters = AdapterManager(bus.publish)
+        events = EventHub()
+        status_changed = partial(_status_event, events)
+        adapters = AdapterManager(bus.publish, status_changed)
         stack.push_async_callback(adapters.aclose)
         for device in settings.devices:
             try:
@@ -151,7 +159,12 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(sessions.close)
         commands = await _opened(stack, CommandStore(settings.data_dir / "commands.db"))
         controller = Controller(
-            registry, commands, adapters, partial(_latest, store), wait_s=settings.control_wait_s
+            registry,
+            commands,
+            adapters,
+            partial(_latest, store),
+            wait_s=settings.control_wait_s,
+            events=events.publish,
         )
         controller.start()
         stack.push_async_callback(controller.aclose)
@@ -165,15 +178,21 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         scheduler.load(await commands.schedules(limit=10_000))
         anomalies = await _opened(stack, AnomalyStore(settings.data_dir / "anomalies.db"))
         twin = TwinService(
-            settings.data_dir / "twin", registry, store, anomalies, settings.lstm_epochs
+            settings.data_dir / "twin",
+            registry,
+            store,
+            anomalies,
+            settings.lstm_epochs,
+            events=events.publish,
         )
         stack.push_async_callback(twin.close)
         services = Services(
             settings, registry, store, spool, writer, bus, adapters, rejects, sessions,
-            controller, keys, audit, limiter, scheduler, twin,
+            controller, keys, audit, limiter, scheduler, twin, events=events,
         )  # fmt: skip
         if settings.ocpp_enabled:
             central = CentralSystem(settings, registry, sessions, rejects, services.ingest)
+            central.status_changed = status_changed
             await central.start()
             stack.push_async_callback(central.aclose)
             services.ocpp = controller.ocpp = central
@@ -196,6 +215,22 @@ async def _opened(stack: contextlib.AsyncExitStack, file: FileT) -> FileT:
     await file.open()
     stack.callback(file.close)
     return file
+
+
+def _status_event(
+    events: EventHub, device_id: str, previous: ConnectionState, status: DeviceStatus
+) -> None:
+    """Publish a device's change of connection state, with the state before, the error (if
+    any) and when the device last answered."""
+    kind = STATE_EVENTS.get(status.state)
+    if kind is None:
+        return
+    data = {
+        "previous": previous.value,
+        "reason": status.last_error,
+        "last_seen": None if status.last_seen is None else status.last_seen.isoformat(),
+    }
+    events.publish(Event(type=kind, device_id=device_id, data=data))
 
 
 async def _latest(store: Store, device_id: str) -> dict[str, object] | None:

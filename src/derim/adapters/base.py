@@ -4,7 +4,8 @@ A ``PollingAdapter`` polls one device: connect, ``read_once()``, publish, then w
 tick. Every device has its own interval, timeout and capped exponential backoff, so a dead or
 slow device never delays another; it runs as its own task (``run``), or, sharing a connection,
 is polled by that connection's task (``derim.adapters.line``). Each adapter keeps a
-``DeviceStatus`` (online, degraded, offline, last seen, last error) that the API can show.
+``DeviceStatus`` (online, degraded, offline, last seen, last error) that the API can show, and
+tells its ``status_changed`` callback of each change of state.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class DeviceStatus:
     consecutive_failures: int = 0
     polls: int = 0
     late_polls: int = 0
+
+
+StatusChanged = Callable[[str, ConnectionState, DeviceStatus], None]
+"""Told a device's id, its previous state and its status once its state has changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,7 @@ class PollingAdapter(Adapter):
         self.device_id = device_id
         self.settings = settings or PollSettings()
         self.status = DeviceStatus()
+        self.status_changed: StatusChanged | None = None
         self._connected = False
         self._next_tick: float | None = None
 
@@ -219,24 +225,28 @@ class PollingAdapter(Adapter):
         """A poll answered; a reading flagged less than good (a partial read) means degraded."""
         partial = any(record.quality is not Quality.GOOD for record in records)
         state = ConnectionState.DEGRADED if partial else ConnectionState.ONLINE
-        if self.status.state is not state:
+        previous = self.status.state
+        if previous is not state:
             log.info("device %s %s", self.device_id, state.value)
         self.status.state = state
         self.status.last_seen = datetime.now(UTC)
         self.status.last_error = None
         self.status.consecutive_failures = 0
+        self._changed(previous)
 
     async def _fail(self, state: ConnectionState, exc: BaseException) -> float:
         """Record a failed poll, log the change once and drop the connection; the loop time (s)
         at which the backoff delay ends."""
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if self.status.state is not state:
+        previous = self.status.state
+        if previous is not state:
             log.warning("device %s %s: %s", self.device_id, state.value, message)
         else:
             log.debug("device %s still %s: %s", self.device_id, state.value, message)
         self.status.state = state
         self.status.last_error = message
         self.status.consecutive_failures += 1
+        self._changed(previous)
         self._connected = False
         try:
             await self.disconnect()
@@ -246,3 +256,8 @@ class PollingAdapter(Adapter):
             self.status.consecutive_failures
         )
         return self._next_tick
+
+    def _changed(self, previous: ConnectionState) -> None:
+        """Tell ``status_changed`` when the state is no longer ``previous``."""
+        if self.status_changed is not None and self.status.state is not previous:
+            self.status_changed(self.device_id, previous, self.status)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from derim.adapters.base import DeviceStatus, PollingAdapter, PollSettings, Publish
+from derim.adapters.base import DeviceStatus, PollingAdapter, PollSettings, Publish, StatusChanged
 from derim.adapters.line import LinePoller
 from derim.adapters.modbus.adapter import ModbusAdapter
 from derim.adapters.modbus.profile import Profile, load_profile, shipped_profile
@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class AdapterManager:
-    """Starts, stops and reports on the adapters of the registered devices."""
+    """Starts, stops and reports on the adapters of the registered devices; each device's
+    changes of connection state go to ``status_changed``."""
 
-    def __init__(self, publish: Publish) -> None:
+    def __init__(self, publish: Publish, status_changed: StatusChanged | None = None) -> None:
         self._publish = publish
+        self._status_changed = status_changed
         self._adapters: dict[str, PollingAdapter] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lines: dict[str, LinePoller] = {}
@@ -44,6 +46,7 @@ class AdapterManager:
         """Start polling with an adapter from ``prepare`` (None: nothing to poll)."""
         if adapter is None:
             return
+        adapter.status_changed = self._status_changed
         self._adapters[device_id] = adapter
         if adapter.line is None:
             self._tasks[device_id] = asyncio.create_task(

@@ -5,7 +5,8 @@ requested -> validated -> sent -> acknowledged | rejected | failed | timed_out, 
 timestamped in the record's ``history`` and the record is saved at each step, so
 ``GET /api/v1/commands/{id}`` shows a command still waiting for its device. ``submit`` waits
 up to ``wait_s`` for the final answer; a command still under way then is carried on in the
-background and its record completed when the device answers.
+background and its record completed when the device answers. Each record that reaches a final
+status is also published as a ``command_result`` event.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, datetime
 from derim.adapters.manager import AdapterManager
 from derim.adapters.mqtt.adapter import MqttAdapter
 from derim.adapters.ocpp.central import CentralSystem
+from derim.bus.events import Event, EventType
 from derim.control.arbitration import Channel, LimitBook, applied, channel_of, claim_of
 from derim.control.safety import SETPOINTS, Setpoint, check_limits
 from derim.control.store import CommandStore
@@ -36,6 +38,7 @@ ARBITRATION = "arbitration"
 Send = Callable[[], Awaitable[CommandResult]]
 Latest = Callable[[str], Awaitable[dict[str, object] | None]]
 """The latest stored reading of a device, as a field dict."""
+PublishEvent = Callable[[Event], None]
 
 
 class Controller:
@@ -49,8 +52,11 @@ class Controller:
         latest: Latest,
         *,
         wait_s: float,
+        events: PublishEvent | None = None,
     ) -> None:
         self.registry = registry
+        self.events = events
+        """Told each command's result once its status is final."""
         self.latest = latest
         self.store = store
         self.adapters = adapters
@@ -161,6 +167,7 @@ class Controller:
             _step(record, status, note)
         await self.store.save(record)
         if outgoing is None:
+            self._announce(record)
             return record
         send = self._sender(device, outgoing)
         if outgoing.command in SETPOINTS and outgoing.unit == "kW" and outgoing.value is not None:
@@ -235,7 +242,23 @@ class Controller:
             note = f"{record.message}; " if record.message else ""
             _step(record, answer.status, note + answer.message)
         await self.store.save(record)
+        self._announce(record)
         return failure
+
+    def _announce(self, record: CommandResult) -> None:
+        """Publish a command's record as a ``command_result`` event if its status is final."""
+        if self.events is None or not record.is_final:
+            return
+        data: dict[str, object] = {
+            "command_id": str(record.command_id),
+            "command": record.request.command.value,
+            "status": record.status.value,
+            "source": record.request.source,
+            "message": record.message,
+        }
+        if record.device_response is not None:
+            data["device_response"] = record.device_response
+        self.events(Event(type=EventType.COMMAND_RESULT, device_id=record.device_id, data=data))
 
     def _sender(self, device: DERDevice, request: CommandRequest) -> Send:
         """What sends ``request`` to ``device``, once its adapter has checked it (422 if not)."""

@@ -49,21 +49,31 @@ class AnomalyStore(SQLiteFile):
     schema = _SCHEMA
     label = "the anomaly store"
 
-    async def add(self, device_id: str, anomalies: Sequence[Anomaly]) -> None:
+    async def add(self, device_id: str, anomalies: Sequence[Anomaly]) -> list[Anomaly]:
         """Store ``anomalies`` of ``device_id`` (committed on return); the same device, field,
-        kind and start again updates end, severity and reason."""
-        if anomalies:
-            await asyncio.to_thread(self._add, device_id, anomalies)
+        kind and start again updates end, severity and reason. Returns the ones not stored
+        before."""
+        if not anomalies:
+            return []
+        return await asyncio.to_thread(self._add, device_id, anomalies)
 
-    def _add(self, device_id: str, anomalies: Sequence[Anomaly]) -> None:
+    def _add(self, device_id: str, anomalies: Sequence[Anomaly]) -> list[Anomaly]:
         rows = [
             (device_id, a.field, a.kind, _ms(a.start), _ms(a.end), a.severity, a.reason)
             for a in anomalies
         ]
+        starts = [row[3] for row in rows]
         with self._lock:
             db = self._connection()
             try:
                 db.execute("BEGIN")
+                known = set(
+                    db.execute(
+                        "SELECT field, kind, start_ms FROM anomalies"
+                        " WHERE device_id = ? AND start_ms BETWEEN ? AND ?",
+                        (device_id, min(starts), max(starts)),
+                    ).fetchall()
+                )
                 db.executemany(
                     "INSERT INTO anomalies"
                     " (device_id, field, kind, start_ms, end_ms, severity, reason)"
@@ -79,6 +89,13 @@ class AnomalyStore(SQLiteFile):
                 raise StorageError(
                     f"could not store {len(rows)} anomalies of {device_id}: {exc}"
                 ) from exc
+        new = []
+        for anomaly, row in zip(anomalies, rows, strict=True):
+            key = (row[1], row[2], row[3])
+            if key not in known:
+                known.add(key)
+                new.append(anomaly)
+        return new
 
     async def between(self, device_id: str, start: datetime, end: datetime) -> list[Anomaly]:
         """``device_id``'s anomalies overlapping [``start``, ``end``), oldest first."""

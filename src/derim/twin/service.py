@@ -11,6 +11,7 @@ import asyncio
 import logging
 import multiprocessing
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from derim.bus.events import Event, EventType
 from derim.errors import NotFoundError, TwinError
 from derim.models.device import DERDevice
 from derim.storage.anomalies import AnomalyStore
@@ -97,8 +99,11 @@ class TwinService:
         store: Store,
         anomalies: AnomalyStore,
         epochs: int | None = None,
+        events: Callable[[Event], None] | None = None,
     ) -> None:
         self.models = ModelStore(root)
+        self.events = events
+        """Told of each anomaly a scan stores for the first time."""
         self.epochs = epochs
         """LSTM training epochs."""
         self.registry = registry
@@ -205,7 +210,8 @@ class TwinService:
     async def anomalies(
         self, device_id: str, field: str, start: datetime, end: datetime
     ) -> list[Anomaly]:
-        """Scan [start, end) of the stored readings, store what is found, return all stored."""
+        """Scan [start, end) of the stored readings, store what is found (publishing an
+        ``anomaly`` event for each one not stored before), return all stored."""
         device = self.registry.get(device_id)
         if end - start > MAX_SCAN_WINDOW:
             raise TwinError(f"the anomaly window is longer than {MAX_SCAN_WINDOW.days} days")
@@ -227,7 +233,11 @@ class TwinService:
                 capacity=None if capacity is None else capacity * 1000.0,
                 field=field,
             )
-            await self.anomaly_store.add(device_id, found)
+            new = await self.anomaly_store.add(device_id, found)
+            if self.events is not None:
+                for anomaly in new:
+                    data = anomaly.model_dump(mode="json")
+                    self.events(Event(type=EventType.ANOMALY, device_id=device_id, data=data))
         return await self.anomaly_store.between(device_id, start, end)
 
     async def _expected(

@@ -36,7 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from derim.adapters.base import ConnectionState, DeviceStatus, Publish
+from derim.adapters.base import ConnectionState, DeviceStatus, Publish, StatusChanged
 from derim.adapters.ocpp.commands import Version, build_call
 from derim.adapters.ocpp.meter import MeterReadings
 from derim.config import Settings
@@ -161,6 +161,8 @@ class CentralSystem:
         self.ingest = ingest
         self.counters = CentralCounters()
         self.sessions_changed: SessionsChanged | None = None
+        self.status_changed: StatusChanged | None = None
+        """Told of each charger connecting or losing its connection."""
         self._links: dict[str, ChargerLink] = {}
         self._chargers: dict[str, _Charger] = {}
         self._server: Server | None = None
@@ -319,9 +321,11 @@ class CentralSystem:
         self.counters.connections += 1
         charger = self._chargers.setdefault(link.device_id, _Charger())
         charger.version = link.version
+        previous = charger.status.state
         charger.status.state = ConnectionState.ONLINE
         charger.status.last_seen = datetime.now(UTC)
         charger.status.last_error = None
+        self._changed(link.device_id, previous)
         if old is not None:
             log.warning("charger %s reconnected; closing its old connection", link.charge_point_id)
             task = asyncio.create_task(old.websocket.close(1000, "replaced by a new connection"))
@@ -335,8 +339,16 @@ class CentralSystem:
             return
         del self._links[link.device_id]
         status = self._chargers[link.device_id].status
+        previous = status.state
         status.state = ConnectionState.OFFLINE
         status.last_error = "disconnected"
+        self._changed(link.device_id, previous)
+
+    def _changed(self, device_id: str, previous: ConnectionState) -> None:
+        """Tell ``status_changed`` when the charger's state is no longer ``previous``."""
+        status = self._chargers[device_id].status
+        if self.status_changed is not None and status.state is not previous:
+            self.status_changed(device_id, previous, status)
 
     # --- what the handlers report -------------------------------------------------------------
 
