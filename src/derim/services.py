@@ -103,6 +103,18 @@ class Services:
         """Publish records and wait until they are stored or spooled."""
         await self.bus.publish(records, wait=True)
 
+    def status_events(self) -> list[Event]:
+        """Every followed device's current connection state, as events marked ``snapshot``."""
+        events = []
+        for device in self.registry.list():
+            status = self.status(device)
+            kind = None if status is None else STATE_EVENTS.get(status.state)
+            if status is not None and kind is not None:
+                last_seen = None if status.last_seen is None else status.last_seen.isoformat()
+                data = {"snapshot": True, "reason": status.last_error, "last_seen": last_seen}
+                events.append(Event(type=kind, device_id=device.id, data=data))
+        return events
+
     def status(self, device: DERDevice) -> DeviceStatus | None:
         """The device's connection state, when an adapter follows it."""
         if device.protocol == "mqtt" and self.mqtt is not None:

@@ -14,9 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from api_server import ApiServer
+from modbus_server import RegisterServer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from async_helpers import until_async
 from derim.config import load_settings
 from derim.security.keys import KeyStore, Role
 
@@ -190,3 +192,42 @@ async def test_streams_need_a_viewer_key(tmp_path: Path) -> None:
                 "HelloMessage", "TelemetryMessage", "EventMessage", "GapMessage"}  # fmt: skip
     finally:
         server.stop()
+
+
+async def test_events_reach_the_stream(api: ApiServer) -> None:
+    """A client first gets its devices' current state, then a command's result and the device
+    going offline when its Modbus server stops."""
+    battery = await RegisterServer(unit_id=2, size=512).start()
+    stopped = False
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+            created = await http.post("/api/v1/devices", json={
+                "id": "bat-s", "device_type": "battery", "rated_power_kw": 4.0,
+                "connection": {"protocol": "modbus", "host": "127.0.0.1", "port": battery.port,
+                               "unit_id": 2, "profile": "generic_battery",
+                               "poll_interval_s": 0.2, "timeout_s": 0.5}})  # fmt: skip
+            assert created.status_code == 201, created.text
+            await until_async(lambda: is_online(http, "bat-s"))
+            async with connect(ws_url(api, "?device=bat-s&events=true")) as ws:
+                snapshot = await next_message(ws, "event")
+                assert (snapshot["event"], snapshot["data"]["snapshot"]) == ("device_online", True)
+                answer = await http.post("/api/v1/control/bat-s", json={
+                    "command": "set_active_power", "value": -1.0})  # fmt: skip
+                assert answer.json()["status"] == "acknowledged", answer.text
+                result = await next_message(ws, "event")
+                assert result["event"] == "command_result"
+                assert result["data"]["status"] == "acknowledged"
+                await battery.stop()
+                stopped = True
+                offline = await next_message(ws, "event")
+                assert offline["event"] == "device_offline"
+                assert offline["data"]["previous"] == "online"
+    finally:
+        if not stopped:
+            await battery.stop()
+
+
+async def is_online(http: httpx.AsyncClient, device_id: str) -> bool:
+    """Whether the API reports the device online."""
+    status = (await http.get(f"/api/v1/devices/{device_id}")).json().get("status") or {}
+    return bool(status.get("state") == "online")

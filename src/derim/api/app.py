@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
                 services.registry,
                 buffer=settings.stream_buffer,
                 max_clients=settings.stream_max_clients,
+                snapshot=services.status_events,
             )
             hub.start()
             app.state.stream_hub = hub

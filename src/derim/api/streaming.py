@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -137,8 +137,10 @@ class StreamHub:
         *,
         buffer: int,
         max_clients: int,
+        snapshot: Callable[[], list[Event]] | None = None,
     ) -> None:
         self._bus = bus
+        self._snapshot = snapshot
         self._events = events
         self._registry = registry
         self._buffer = buffer
@@ -170,11 +172,16 @@ class StreamHub:
             self._event_subscription.close()
 
     def connect(self, stream_filter: StreamFilter) -> StreamClient:
-        """A new client; ConflictError when the server holds its maximum of clients."""
+        """A new client, given the hello and the current state of its devices (``snapshot``);
+        ConflictError when the server holds its maximum of clients."""
         if len(self.clients) >= self._max_clients:
             raise ConflictError(f"the server already streams to {self._max_clients} clients")
         client = StreamClient(stream_filter, deque(maxlen=self._buffer))
         client.push(stream_filter.hello())
+        if stream_filter.events and self._snapshot is not None:
+            for event in self._snapshot():
+                if self._matches(event.device_id, stream_filter):
+                    client.push(_event_message(event))
         self.clients.append(client)
         return client
 
