@@ -39,6 +39,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "h": ("bench_ocpp.py", "OCPP central system: many chargers, heartbeats and meter values"),
     "i": ("bench_api_load.py", "API under mixed load: 50 clients, reads, ingest, commands"),
     "j": ("bench_twin.py", "digital twin: accuracy on real PV, LSTM training, served forecasts"),
+    "k": ("bench_stream.py", "live stream: reading to WebSocket clients, 1,000 devices"),
 }
 
 

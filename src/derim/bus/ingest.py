@@ -1,9 +1,10 @@
 """Batching, bounded fan-out of canonical records from adapters to storage and subscribers.
 
 Publishers append to one pending list; a single writer task takes everything pending (up to
-``max_batch``) as one batch, hands it to every subscriber and writes it through the sink. Batches
-therefore grow with load and shrink to one record when idle (group commit, no timer). Memory is
-bounded: ``publish`` waits while ``max_pending`` records are queued (backpressure). Subscribers have
+``max_batch``) as one batch and writes it through the sink. Batches therefore grow with load and
+shrink to one record when idle (group commit, no timer). Memory is bounded: ``publish`` waits while
+``max_pending`` records are queued (backpressure). Subscribers get each publisher's records as they
+are queued, not when storage has taken them, so a slow write delays nobody's live view; they have
 bounded queues and lose their oldest batch, counted, rather than slow the bus.
 """
 
@@ -55,6 +56,12 @@ class Subscription:
             self._ready.clear()
             await self._ready.wait()
         return self._batches.popleft()
+
+    def drain(self) -> list[Sequence[DERTelemetry]]:
+        """Every queued batch, without waiting."""
+        batches = list(self._batches)
+        self._batches.clear()
+        return batches
 
     def close(self) -> None:
         """Stop receiving batches."""
@@ -109,6 +116,8 @@ class IngestBus:
             self._has_room.clear()
             await self._has_room.wait()
         self._pending.extend(records)
+        for subscriber in self._subscribers:
+            subscriber.offer(records)
         self._enqueued += len(records)
         self.counters.received += len(records)
         self._has_work.set()
@@ -118,7 +127,7 @@ class IngestBus:
             await done
 
     def subscribe(self, max_batches: int = 256) -> Subscription:
-        """A new subscription receiving every batch from now on."""
+        """A new subscription receiving every publisher's records from now on."""
         subscription = Subscription(self, max_batches)
         self._subscribers.append(subscription)
         return subscription
@@ -141,8 +150,6 @@ class IngestBus:
             del self._pending[: self._max_batch]
             taken += len(batch)
             self._has_room.set()
-            for subscriber in self._subscribers:
-                subscriber.offer(batch)
             error: BaseException | None = None
             try:
                 await self._sink(batch)

@@ -133,7 +133,7 @@ async def stream_websocket(
 async def _send_all(websocket: WebSocket, client: StreamClient) -> None:
     """Send the client's messages as they come, until the socket closes."""
     while websocket.client_state == WebSocketState.CONNECTED:
-        await websocket.send_text((await client.next()).decode())
+        await websocket.send_text(await client.next())
 
 
 @router.get("/api/v1/stream/sse", response_class=StreamingResponse, include_in_schema=False)
@@ -169,7 +169,7 @@ async def _sse(hub: StreamHub, client: StreamClient) -> AsyncIterator[bytes]:
                 yield b": keep-alive\n\n"
                 continue
             kind = orjson.loads(message)["type"]
-            yield b"event: " + kind.encode() + b"\ndata: " + message + b"\n\n"
+            yield f"event: {kind}\ndata: {message}\n\n".encode()
     finally:
         hub.disconnect(client)
 
