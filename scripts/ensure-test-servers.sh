@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what the integration tests start when it is missing: InfluxDB 1.x, Mosquitto, and socat
-# (a pseudo-terminal pair stands in for a Modbus RTU serial line).
+# Install what the integration tests start when it is missing: InfluxDB 1.x, Mosquitto, socat
+# (a pseudo-terminal pair stands in for a Modbus RTU serial line) and Chromium (the browser tests
+# drive Debian's /usr/bin/chromium through Playwright; no browser is downloaded).
 # Tests start their own instances on free loopback ports; nothing here starts a service.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ missing=()
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -15,6 +15,7 @@ from derim.api.responses import JSONResponse
 from derim.api.routes import (
     admin,
     control,
+    dashboard,
     devices,
     fleet,
     health,
@@ -82,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
         twin,
         stream,
         admin,
+        dashboard,
     ):
         app.include_router(module.router)
     return app
