@@ -28,6 +28,7 @@ from derim.logging import configure_logging
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice
 from derim.security.audit import AuditEntry, AuditLog
+from derim.security.keys import Role
 from derim.services import Services, running_services
 from derim.sim.ocpp_charger import SimulatedCharger
 from derim.storage.base import Aggregation, Interval, TelemetryQuery, to_epoch_ms
@@ -38,6 +39,10 @@ T = TypeVar("T")
 IMPORT_CHUNK = 5_000
 LIVE_INTERVAL_S = 10.0
 DEMO_METER_INTERVAL_S = 5.0
+DEMO_FORECASTS = ("pv-roof-2", "load-house")
+"""Devices fed with history whose forecasters the demo trains at start."""
+DEMO_MODELS = ("seasonal_daily", "moving_average", "clearsky_persistence", "gbm", "ensemble")
+"""The quick models (the LSTM takes most of a minute on its own)."""
 """How often the demo chargers send meter values (s)."""
 
 
@@ -114,7 +119,14 @@ def demo(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 async def _serve_demo(settings: Settings, host: str, port: int) -> None:
     from derim.api.app import create_app
-    from derim.demo import CHARGERS, POLLED_DEVICES, readings_at, sample_day, sample_fleet
+    from derim.demo import (
+        CHARGERS,
+        POLLED_DEVICES,
+        readings_at,
+        sample_day,
+        sample_fleet,
+        sample_history,
+    )
     from derim.sim.mqtt_meter import MqttMeterSim
     from derim.sim.sunspec_fleet import SunSpecFleetSim
 
@@ -135,10 +147,12 @@ async def _serve_demo(settings: Settings, host: str, port: int) -> None:
                 return
             await asyncio.sleep(0.05)
         services: Services = app.state.services
-        history = sample_day(datetime.now(UTC))
+        now = datetime.now(UTC)
+        history = sample_history(now) + sample_day(now)
         await services.ingest(history)
         url = f"http://{host}:{port}"
-        click.echo(f"DERIM demo: {len(history)} readings loaded. API {url}  docs {url}/docs")
+        click.echo(f"DERIM demo: {len(history)} readings loaded. Dashboard {url}/  docs {url}/docs")
+        await _demo_key(services)
         click.echo(
             f"Simulated site on 127.0.0.1:{simulator.port} (SunSpec PV and battery on units 1-2,"
             " Modbus meter on unit 3), polled every second"
@@ -151,6 +165,7 @@ async def _serve_demo(settings: Settings, host: str, port: int) -> None:
             click.echo(f"MQTT broker {broker}: meters {', '.join(meters.device_ids())} publish"
                        " every second (mapping gateway_json)")  # fmt: skip
         await _demo_chargers(services, stack)
+        await _demo_twin(services)
         click.echo(f"Try: curl '{url}/api/v1/telemetry/pv-roof-1/latest'")
         rng, soc = random.Random(7), [50.0]
         live_elsewhere = {*POLLED_DEVICES, *CHARGERS}
@@ -188,6 +203,30 @@ async def _demo_chargers(services: Services, stack: contextlib.AsyncExitStack) -
         f" {CARPORT_LIMIT_KW:g} kW limit (site {CARPORT!r}); sessions at"
         " /api/v1/devices/evse-1/sessions"
     )
+
+
+async def _demo_key(services: Services) -> None:
+    """Make an operator key for the dashboard and print it."""
+    _, token = services.keys.create("demo", Role.OPERATOR)
+    state = "on" if services.settings.auth_enabled else "off on loopback, so it is not needed"
+    click.echo(f"Demo API key (operator): {token}  (authentication {state})")
+
+
+async def _demo_twin(services: Services) -> None:
+    """Train forecasters on the fed devices' history and scan the household meter, in which
+    the history has a stuck stretch: a forecast and an anomaly within a minute."""
+    from derim.twin.service import TrainRequest
+
+    request = TrainRequest(days=61, models=list(DEMO_MODELS))
+    for device_id in DEMO_FORECASTS:
+        job = await services.twin.start_training(device_id, request)
+        click.echo(f"Training forecasters for {device_id} (job {job.job_id}); the forecast is at"
+                   f" /api/v1/forecast/{device_id} in about a minute")  # fmt: skip
+    end = datetime.now(UTC)
+    found = await services.twin.anomalies("load-house", "power_kw", end - timedelta(days=2), end)
+    for anomaly in found:
+        click.echo(f"Anomaly on load-house: {anomaly.kind} {anomaly.start:%H:%M}-"
+                   f"{anomaly.end:%H:%M} UTC, {anomaly.reason}")  # fmt: skip
 
 
 async def _first_ev(charger: SimulatedCharger) -> None:

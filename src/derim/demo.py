@@ -120,9 +120,12 @@ def _load_kw(moment: datetime) -> float:
     return 0.4 + morning + evening
 
 
-def readings_at(moment: datetime, rng: random.Random, soc: list[float]) -> list[DERTelemetry]:
-    """One reading of every sample device at ``moment``; ``soc`` carries the battery state."""
-    sun = solar_fraction(moment)
+def readings_at(
+    moment: datetime, rng: random.Random, soc: list[float], clearness: float = 1.0
+) -> list[DERTelemetry]:
+    """One reading of every sample device at ``moment``; ``soc`` carries the battery state and
+    ``clearness`` (0-1) scales the sunshine (the day's weather)."""
+    sun = solar_fraction(moment) * clearness
     noise = 1 + rng.uniform(-0.03, 0.03)
     pv1 = round(8.0 * 0.85 * sun * noise, 3)
     pv2 = round(6.0 * 0.85 * sun * noise, 3)
@@ -185,4 +188,40 @@ def sample_day(end: datetime, step: timedelta = timedelta(minutes=1)) -> list[DE
     while moment <= end:
         records.extend(readings_at(moment, rng, soc))
         moment += step
+    return records
+
+
+HISTORY_DAYS = 60
+"""Days of 15-min history the demo loads, enough for the twin to backtest and train on."""
+STUCK_HOURS = (8, 12)
+"""Hours (UTC) of yesterday during which the demo's household meter repeats one value: the
+anomaly the demo injects for the twin to find."""
+
+
+def sample_history(end: datetime, days: int = HISTORY_DAYS) -> list[DERTelemetry]:
+    """``days`` days of 15-min readings of the sample fleet up to a day before ``end``, with
+    day-to-day weather (clearness following a persistent random walk) and the household meter
+    stuck during ``STUCK_HOURS`` of the day before ``end``."""
+    rng = random.Random(60)
+    soc = [50.0]
+    last = end.astimezone(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
+    moment = last.replace(minute=last.minute - last.minute % 15) - timedelta(days=days)
+    stuck_day = (last - timedelta(days=0)).date()
+    clearness, day = 0.7, moment.date()
+    stuck_value: float | None = None
+    records: list[DERTelemetry] = []
+    while moment < last:
+        if moment.date() != day:
+            day = moment.date()
+            clearness = min(1.0, max(0.15, 0.6 * clearness + 0.4 * rng.uniform(0.1, 1.0)))
+        readings = readings_at(moment, rng, soc, clearness)
+        if moment.date() == stuck_day and STUCK_HOURS[0] <= moment.hour < STUCK_HOURS[1]:
+            house = next(r for r in readings if r.device_id == "load-house")
+            stuck_value = house.power_kw if stuck_value is None else stuck_value
+            readings = [
+                r.model_copy(update={"power_kw": stuck_value}) if r is house else r
+                for r in readings
+            ]
+        records.extend(readings)
+        moment += timedelta(minutes=15)
     return records

@@ -23,11 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from derim.bus.events import Event, EventType
 from derim.errors import NotFoundError, TwinError
+from derim.models.common import DeviceType
 from derim.models.device import DERDevice
 from derim.storage.anomalies import AnomalyStore
 from derim.storage.base import Store
 from derim.storage.registry import DeviceRegistry
-from derim.twin.anomaly import Anomaly, detect
+from derim.twin.anomaly import Anomaly, AnomalyConfig, detect
 from derim.twin.base import Forecast, Forecaster
 from derim.twin.catalogue import FORECASTERS
 from derim.twin.history import load_history
@@ -82,6 +83,18 @@ class _Served:
     version: int
     forecaster: Forecaster
     info: ModelInfo
+
+
+GENERATORS = (DeviceType.SOLAR_PV, DeviceType.WIND)
+"""Devices whose power is never meant to flow backwards (import is out of range)."""
+
+
+def _anomaly_config(device: DERDevice) -> AnomalyConfig:
+    """Range checks for the device's kind: generators may not import more than a trickle;
+    batteries, chargers, meters and loads (consumption is negative) may go to minus the rating."""
+    if device.device_type in GENERATORS:
+        return AnomalyConfig()
+    return AnomalyConfig(range_min_fraction=-AnomalyConfig().range_max_factor)
 
 
 def run_training(root: Path, series: pd.Series, plan: TrainingPlan) -> TrainingReport:
@@ -231,6 +244,7 @@ class TwinService:
                 expected=None if expected is None else expected * to_watts,
                 site=site_of(device),
                 capacity=None if capacity is None else capacity * 1000.0,
+                config=_anomaly_config(device),
                 field=field,
             )
             new = await self.anomaly_store.add(device_id, found)
