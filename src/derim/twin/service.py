@@ -1,8 +1,8 @@
 """The twin inside ``derim serve``: served forecasts, background training jobs, anomaly scans.
 
-Training runs in a separate process (one at a time), so neither the event loop nor the API's
-threads wait for it; torch is imported there, never in the serving process unless an LSTM is
-served.
+Training runs in a child process of its own (one job at a time), ended when the service closes,
+so neither the event loop nor the API's threads wait for it; torch is imported there, never in
+the serving process unless an LSTM is served.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import logging
 import multiprocessing
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,7 @@ from derim.models.device import DERDevice
 from derim.storage.anomalies import AnomalyStore
 from derim.storage.base import Store
 from derim.storage.registry import DeviceRegistry
+from derim.tasks import cancel_and_wait
 from derim.twin.anomaly import Anomaly, AnomalyConfig, detect
 from derim.twin.base import Forecast, Forecaster
 from derim.twin.catalogue import FORECASTERS
@@ -97,9 +99,25 @@ def _anomaly_config(device: DERDevice) -> AnomalyConfig:
     return AnomalyConfig(range_min_fraction=-AnomalyConfig().range_max_factor)
 
 
-def run_training(root: Path, series: pd.Series, plan: TrainingPlan) -> TrainingReport:
-    """Train in the worker process (module-level so it can be pickled)."""
-    return train(series, plan, ModelStore(root))
+def run_training(root: Path, series: pd.Series, plan: TrainingPlan, answer: Connection) -> None:
+    """Train in a child process and send back ``("ok", report)`` or ``("error", message)``."""
+    try:
+        answer.send(("ok", train(series, plan, ModelStore(root))))
+    except Exception as exc:  # any failure of the job goes back to the parent as its error
+        answer.send(("error", str(exc) or type(exc).__name__))
+    finally:
+        answer.close()
+
+
+def _wait_for_answer(answer: Connection) -> tuple[str, object]:
+    """The child's answer; ``("error", ...)`` when it died without one."""
+    try:
+        outcome: tuple[str, object] = answer.recv()
+    except EOFError:
+        return "error", "the training process stopped without an answer"
+    finally:
+        answer.close()
+    return outcome
 
 
 class TwinService:
@@ -124,16 +142,16 @@ class TwinService:
         self.anomaly_store = anomalies
         self.jobs: dict[str, TrainingJob] = {}
         self._served: dict[tuple[str, str, str], _Served] = {}
-        self._executor: ProcessPoolExecutor | None = None
+        self._one_at_a_time = asyncio.Lock()
+        self._process: BaseProcess | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
-        """Stop the training process (a job in progress is abandoned)."""
-        for task in self._tasks:
-            task.cancel()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        """Stop training: a job in progress is abandoned and its process ended."""
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+        for task in list(self._tasks):
+            await cancel_and_wait(task)
 
     async def forecast(
         self, device_id: str, field: str, horizon: pd.Timedelta, model: str | None
@@ -197,20 +215,30 @@ class TwinService:
         return job
 
     async def _run(self, job: TrainingJob, series: pd.Series, plan: TrainingPlan) -> None:
-        """Run one job in the worker process and record its outcome."""
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        loop = asyncio.get_running_loop()
-        try:
-            report = await loop.run_in_executor(
-                self._executor, run_training, self.models.root, series, plan
+        """Run one job in its own process (one job at a time) and record its outcome."""
+        async with self._one_at_a_time:
+            context = multiprocessing.get_context("spawn")
+            answer, child_end = context.Pipe(duplex=False)
+            process = context.Process(
+                target=run_training,
+                args=(self.models.root, series, plan, child_end),
+                name=f"derim-train-{job.job_id}",
+                daemon=True,
             )
-        except Exception as exc:  # any failure of the job is reported on the job
-            log.warning("training %s for %s failed: %s", job.job_id, job.device_id, exc)
-            job.state, job.error = JobState.FAILED, str(exc) or type(exc).__name__
+            process.start()
+            child_end.close()
+            self._process = process
+            try:
+                kind, outcome = await asyncio.to_thread(_wait_for_answer, answer)
+            finally:
+                await asyncio.to_thread(process.join, 10)
+                self._process = None
+        if kind == "ok" and isinstance(outcome, TrainingReport):
+            job.state, job.selected = JobState.SUCCEEDED, outcome.selected
+            job.models, job.backtest = outcome.models, outcome.backtest
         else:
-            job.state, job.selected = JobState.SUCCEEDED, report.selected
-            job.models, job.backtest = report.models, report.backtest
+            log.warning("training %s for %s failed: %s", job.job_id, job.device_id, outcome)
+            job.state, job.error = JobState.FAILED, str(outcome)
         job.finished_at = datetime.now(UTC)
 
     def job(self, job_id: str) -> TrainingJob:
