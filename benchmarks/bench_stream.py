@@ -8,9 +8,9 @@ the client's receive time minus the reading's timestamp (one machine, one clock)
 p50/p99 over all clients for 20 s (quick: 8 s) at each N, N stepped up; the publisher runs 5 s
 before the first clients connect and each client's first second is not counted.
 
-Raw: a bare ``websockets`` server (own process, same loop and library) that builds a message of
-the same size and shape every second and broadcasts it to the same clients; its latency is the
-floor of one process pushing that much over WebSockets here.
+Raw: a bare ``websockets`` server (own process, same loop and library, no compression like ours
+by default) that builds a message of the same size and shape every second and broadcasts it to
+the same clients; its latency is the floor of one process pushing that much over WebSockets here.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def raw_server_process(port: int) -> None:
         async def hold(ws: object) -> None:
             await ws.wait_closed()  # type: ignore[attr-defined]
 
-        async with serve(hold, "127.0.0.1", port, max_size=None) as server:
+        async with serve(hold, "127.0.0.1", port, max_size=None, compression=None) as server:
             while True:
                 message = orjson.dumps(
                     {"type": "telemetry", "records": fleet_message(datetime.now(UTC))}

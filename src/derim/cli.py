@@ -98,6 +98,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         log_config=None,
         ssl_certfile=settings.api_tls_cert,
         ssl_keyfile=settings.api_tls_key,
+        ws_per_message_deflate=settings.stream_compression,
     )
 
 
@@ -139,7 +140,14 @@ async def _serve_demo(settings: Settings, host: str, port: int) -> None:
         if broker is not None:
             update |= {"mqtt_url": broker, "mqtt_mappings": ["gateway_json"]}
         app = create_app(settings.model_copy(update=update))
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None))
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            ws_per_message_deflate=settings.stream_compression,
+        )
+        server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve())
         while not server.started:
             if serving.done():
