@@ -213,6 +213,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             stack.push_async_callback(services.sites.aclose)
         if settings.mqtt_url is not None:
             services.mqtt = controller.mqtt = _mqtt_adapter(settings, registry, rejects)
+            services.mqtt.status_changed = status_changed
             ingesting = asyncio.create_task(services.mqtt.run(services.ingest), name="derim-mqtt")
             stack.push_async_callback(cancel_and_wait, ingesting)
         scheduling = asyncio.create_task(scheduler.run(), name="derim-schedules")

@@ -129,6 +129,31 @@ async def test_ingestion_resumes_after_a_broker_restart(
         await until_async(lambda: _count_is(services, "m4", 200))
 
 
+async def test_a_broker_restart_takes_mqtt_devices_offline_and_back_as_events(
+    fresh_mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
+) -> None:
+    """When the broker goes away and returns, each registered MQTT device is published going
+    offline (with the reason) and then online again."""
+    async with derim(fresh_mosquitto, tmp_path / "data", mapping_file) as services:
+        publisher = Publisher(fresh_mosquitto, "events-publisher")
+        await asyncio.to_thread(publisher.send, stream("m6", range(3)))
+        publisher.close()
+        await until(lambda: services.registry.find("m6") is not None)
+        events = services.events.subscribe()
+        try:
+            await asyncio.to_thread(fresh_mosquitto.restart)
+            seen: list[tuple[str, str]] = []
+            async with asyncio.timeout(15):
+                while ("device_online", "m6") not in seen:
+                    event = await events.get()
+                    seen.append((event.type.value, event.device_id))
+                    if event.type.value == "device_offline":
+                        assert event.data["reason"], event
+            assert seen.index(("device_offline", "m6")) < seen.index(("device_online", "m6"))
+        finally:
+            events.close()
+
+
 async def test_two_instances_split_a_shared_subscription(
     mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
 ) -> None:

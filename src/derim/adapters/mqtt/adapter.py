@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from derim.adapters.base import ConnectionState, DeviceStatus, Publish
+from derim.adapters.base import ConnectionState, DeviceStatus, Publish, StatusChanged
 from derim.adapters.mqtt.client import Message, MqttClient
 from derim.adapters.mqtt.decode import Reading, decode
 from derim.adapters.mqtt.mapping import (
@@ -76,6 +76,9 @@ class MqttAdapter:
         self.counters = MqttCounters()
         self._last_seen: dict[str, datetime] = {}
         self._responses: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self.status_changed: StatusChanged | None = None
+        """Told of every MQTT device's change of state when the broker connection changes."""
+        client.connection_changed = self._connection_changed
         self._response_filters = MqttAdapter.filters(self.mappings, None)[1]
         self._routes: dict[str, Route | None] = {}
 
@@ -104,6 +107,15 @@ class MqttAdapter:
                 self.client.ack(batch)
         finally:
             await self.client.stop()
+
+    def _connection_changed(self, connected: bool) -> None:
+        """Every registered MQTT device goes online or offline with the broker connection."""
+        if self.status_changed is None:
+            return
+        previous = ConnectionState.OFFLINE if connected else ConnectionState.ONLINE
+        for device in self.registry.list():
+            if device.protocol == "mqtt":
+                self.status_changed(device.id, previous, self.status(device.id))
 
     def status(self, device_id: str) -> DeviceStatus:
         """The broker connection's state, with the last message seen from ``device_id``."""

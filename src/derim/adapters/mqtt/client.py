@@ -13,7 +13,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,6 +65,8 @@ class MqttClient:
         self.subscribed = False
         """Whether the broker has confirmed the subscriptions of the current connection."""
         self.last_error: str | None = None
+        self.connection_changed: Callable[[bool], None] | None = None
+        """Told, on the event loop, each time the broker connection comes up or goes down."""
         self._settings = settings
         self._v5 = settings.mqtt_protocol == "5"
         self._client = paho.Client(
@@ -185,6 +187,12 @@ class MqttClient:
     def _wake(self) -> None:
         self._ready.set()
 
+    def _announce(self, connected: bool) -> None:
+        """Hand a connection change to ``connection_changed`` on the event loop (paho calls its
+        callbacks from its own thread)."""
+        if self.connection_changed is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.connection_changed, connected)
+
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
@@ -194,6 +202,7 @@ class MqttClient:
             return
         self.connected = True
         self.last_error = None
+        self._announce(True)
         log.info("mqtt connected to %s:%d (session present: %s)", self.host, self.port,
                  flags.session_present)  # fmt: skip
         if self.filters:
@@ -211,7 +220,10 @@ class MqttClient:
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        was_connected = self.connected
         self.connected = self.subscribed = False
+        if was_connected:
+            self._announce(False)
         refused = (self.last_error or "").startswith("connection refused")
         if reason.is_failure and not refused:  # a refusal says more than the disconnect after it
             self.last_error = f"disconnected: {reason}"
