@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     """How long ``POST /api/v1/control`` waits for the device's answer before replying 202."""
     stream_buffer: int = _setting(1000, "stream_buffer", ge=1, le=100_000)
     """Messages a stream client may fall behind by before its oldest are dropped (and counted)."""
+    anomaly_scan_interval_s: float | None = _setting(900.0, "anomaly_scan_interval_s", gt=0)
+    """How often every device's last day is scanned for anomalies (new ones are streamed as
+    events); None: only when asked (``GET /api/v1/twin/{id}/anomalies``)."""
     stream_compression: bool = _setting(False, "stream_compression")
     """Offer permessage-deflate on the stream's WebSocket: JSON shrinks ~5x, but every client's
     copy is compressed on its own, which costs more CPU than the wire saves on a LAN."""

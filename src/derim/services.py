@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -220,6 +221,9 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(cancel_and_wait, scheduling)
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
         stack.push_async_callback(cancel_and_wait, maintenance)
+        if settings.anomaly_scan_interval_s is not None:
+            scanning = asyncio.create_task(_scan_anomalies(services), name="derim-anomaly-scan")
+            stack.push_async_callback(cancel_and_wait, scanning)
         yield services
 
 
@@ -286,6 +290,15 @@ def _mqtt_adapter(
     return MqttAdapter(
         client, mappings, registry, rejects, register_unknown=settings.mqtt_register_unknown
     )
+
+
+async def _scan_anomalies(services: Services) -> None:
+    """Scan every device's last day for anomalies periodically (new ones become events)."""
+    interval = services.settings.anomaly_scan_interval_s
+    assert interval is not None
+    while True:
+        await asyncio.sleep(interval)
+        await services.twin.scan_all(timedelta(days=1))
 
 
 async def _maintain(services: Services) -> None:

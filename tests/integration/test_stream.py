@@ -231,3 +231,30 @@ async def is_online(http: httpx.AsyncClient, device_id: str) -> bool:
     """Whether the API reports the device online."""
     status = (await http.get(f"/api/v1/devices/{device_id}")).json().get("status") or {}
     return bool(status.get("state") == "online")
+
+
+async def test_the_periodic_scan_streams_new_anomalies(tmp_path: Path) -> None:
+    """With a scan every half second, a household meter's four frozen hours reach a stream
+    client as an anomaly event without anyone asking for anomalies."""
+    server = ApiServer(tmp_path, anomaly_scan_interval_s=0.5).start()
+    try:
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+            connect(ws_url(server, "?device=house")) as ws,
+        ):
+            await http.post("/api/v1/devices", json={
+                "id": "house", "device_type": "load", "rated_power_kw": 10})  # fmt: skip
+            end = datetime.now(UTC).replace(second=0, microsecond=0)
+            body = []
+            for step in range(4 * 24, 0, -1):
+                at = end - timedelta(minutes=15 * step)
+                frozen = 30 <= step < 46
+                power = -1.234 if frozen else -(1.0 + 0.5 * ((step * 7) % 11) / 10)
+                body.append({"device_id": "house", "timestamp": at.isoformat(), "power_kw": power})
+            assert (await http.post("/api/v1/telemetry", json=body)).status_code == 202
+            event = await next_message(ws, "event")
+            while event["event"] != "anomaly":
+                event = await next_message(ws, "event")
+            assert event["data"]["kind"] == "stuck"
+    finally:
+        server.stop()

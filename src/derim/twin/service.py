@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from derim.bus.events import Event, EventType
-from derim.errors import NotFoundError, TwinError
+from derim.errors import DerimError, NotFoundError, TwinError
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice
 from derim.storage.anomalies import AnomalyStore
@@ -281,6 +281,20 @@ class TwinService:
                     data = anomaly.model_dump(mode="json")
                     self.events(Event(type=EventType.ANOMALY, device_id=device_id, data=data))
         return await self.anomaly_store.between(device_id, start, end)
+
+    async def scan_all(self, window: timedelta) -> int:
+        """Scan every registered device's ``power_kw`` over the last ``window``; the number of
+        devices scanned (those with readings). New anomalies are published as events."""
+        end = datetime.now(UTC)
+        scanned = 0
+        for device in self.registry.list():
+            try:
+                await self.anomalies(device.id, "power_kw", end - window, end)
+            except DerimError as exc:
+                log.warning("anomaly scan of %s failed: %s", device.id, exc)
+                continue
+            scanned += 1
+        return scanned
 
     async def _expected(
         self, device: DERDevice, field: str, measured: pd.Series
