@@ -17,8 +17,8 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy.optimize import linprog  # type: ignore[import-untyped]  # scipy ships no stubs
-from scipy.sparse import coo_array, csr_array, hstack, vstack  # type: ignore[import-untyped]
+from scipy.optimize import linprog
+from scipy.sparse import coo_array, csr_array, hstack, vstack
 
 from derim.control.schedules import MAX_ENTRIES, ScheduleEntry, ScheduleRequest
 from derim.errors import TwinError
