@@ -133,7 +133,7 @@ async def test_a_broker_restart_takes_mqtt_devices_offline_and_back_as_events(
     fresh_mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
 ) -> None:
     """When the broker goes away and returns, each registered MQTT device is published going
-    offline (with the reason) and then online again."""
+    offline (from online) and then online again."""
     async with derim(fresh_mosquitto, tmp_path / "data", mapping_file) as services:
         publisher = Publisher(fresh_mosquitto, "events-publisher")
         await asyncio.to_thread(publisher.send, stream("m6", range(3)))
@@ -148,7 +148,7 @@ async def test_a_broker_restart_takes_mqtt_devices_offline_and_back_as_events(
                     event = await events.get()
                     seen.append((event.type.value, event.device_id))
                     if event.type.value == "device_offline":
-                        assert event.data["reason"], event
+                        assert event.data["previous"] == "online", event
             assert seen.index(("device_offline", "m6")) < seen.index(("device_online", "m6"))
         finally:
             events.close()
