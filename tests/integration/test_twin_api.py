@@ -97,6 +97,7 @@ def test_training_backtests_stores_versions_and_serves_the_best_model(client: ht
     assert forecast.status_code == 200, forecast.text
     body = forecast.json()
     assert body["model"] == job["selected"]
+    assert (body["freq"], body["horizon"]) == ("15min", "24h")
     assert len(body["points"]) == 96
     first = datetime.fromisoformat(body["points"][0]["timestamp"])
     assert abs(first - datetime.now(UTC)) < timedelta(minutes=16)

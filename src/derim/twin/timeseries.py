@@ -28,6 +28,16 @@ def parse_duration(text: str, what: str = "duration") -> pd.Timedelta:
     return value
 
 
+def duration_text(value: pd.Timedelta) -> str:
+    """A duration as ``parse_duration`` reads it back: ``15min``, ``24h``, ``90s``."""
+    seconds = int(value.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}min"
+    return f"{seconds}s"
+
+
 def horizon_steps(horizon: pd.Timedelta, freq: pd.Timedelta) -> int:
     """Number of steps of ``freq`` covering ``horizon`` (at least one); 168 h at most."""
     if horizon > MAX_HORIZON:

@@ -14,6 +14,7 @@ from derim.twin.backtest import backtest
 from derim.twin.catalogue import make_forecaster
 from derim.twin.features import Covariates, Site
 from derim.twin.store import ModelInfo, ModelStore
+from derim.twin.timeseries import duration_text
 
 Progress = Callable[[str], None]
 
@@ -77,8 +78,8 @@ def train(
             field=plan.field,
             model=name,
             trained_at=datetime.now(UTC),
-            freq=str(plan.freq),
-            horizon=str(plan.horizon),
+            freq=duration_text(plan.freq),
+            horizon=duration_text(plan.horizon),
             history_start=series.index[0].to_pydatetime(),
             history_end=series.index[-1].to_pydatetime(),
             points=int(series.notna().sum()),

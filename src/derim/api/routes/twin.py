@@ -23,7 +23,7 @@ from derim.twin.dispatch import to_schedule_request
 from derim.twin.service import TrainingJob, TrainRequest
 from derim.twin.simulate import Scenario, SimulationResult, scenario_from_forecasts, simulate
 from derim.twin.store import ModelInfo
-from derim.twin.timeseries import MAX_HORIZON, parse_duration
+from derim.twin.timeseries import MAX_HORIZON, duration_text, parse_duration
 
 router = APIRouter(tags=["twin"])
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -124,7 +124,7 @@ async def get_forecast(
         version=info.version,
         trained_at=info.trained_at,
         freq=info.freq,
-        horizon=str(ahead),
+        horizon=duration_text(ahead),
         points=points,
     )
 
