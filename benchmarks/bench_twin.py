@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Figure, arg_parser, derim_server, emit, free_port, machine_info, percentile
 from derim.twin.anomaly import detect
 from derim.twin.backtest import BacktestResult, backtest
-from derim.twin.datasets import PV_CAPACITY_W, greensboro_pv
+from derim.twin.datasets import PV_CAPACITY_W, greensboro_pv, replay
 from derim.twin.faults import evaluate, inject_faults
 from derim.twin.features import Covariates
 from derim.twin.gbm import GradientBoosting
@@ -132,14 +132,11 @@ def training(runs: int) -> list[Figure]:
 
 def pv_readings(days: int) -> list[dict[str, object]]:
     """The last ``days`` days to now of the Greensboro PV output (kW) at 15 min."""
-    hourly = greensboro_pv().series / 1000.0
     end = pd.Timestamp.now(tz="UTC").floor("h")
-    index = pd.date_range(end - pd.Timedelta(days=days), end, freq="15min", inclusive="left")
-    hour_of_year = (index.dayofyear.to_numpy() - 1) % 365 * 24 + index.hour.to_numpy()
-    values = hourly.to_numpy()[(hour_of_year - hourly.index[0].hour) % len(hourly)]
+    power = replay(greensboro_pv().series / 1000.0, end, days)
     return [
         {"device_id": DEVICE, "timestamp": t.isoformat(), "power_kw": round(float(v), 4)}
-        for t, v in zip(index, values, strict=True)
+        for t, v in power.items()
     ]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -16,6 +15,7 @@ import httpx
 import pandas as pd
 import pytest
 from certificates import make_certificates
+from influxd import free_ports
 
 DERIM = [sys.executable, "-m", "derim.cli"]
 
@@ -67,16 +67,9 @@ def test_remove_unknown_device_fails_clearly(tmp_path: Path) -> None:
     assert "ghost" in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_serve_answers_health_and_shuts_down(tmp_path: Path) -> None:
     """``derim serve`` starts the API on the configured port and stops on SIGTERM."""
-    port = free_port()
+    (port,) = free_ports(1)
     env = {
         **os.environ,
         "DERIM_DATA_DIR": str(tmp_path),
@@ -115,7 +108,7 @@ def test_keys_are_created_listed_and_revoked_and_serve_speaks_tls(tmp_path: Path
     assert "grafana" in listed
     assert token.split("_", 2)[2] not in listed
     ca, cert, key = make_certificates(tmp_path)
-    port = free_port()
+    (port,) = free_ports(1)
     env = {**os.environ, "DERIM_DATA_DIR": str(tmp_path), "DERIM_PORT": str(port),
            "DERIM_LOG_LEVEL": "WARNING", "DERIM_OCPP_ENABLED": "false",
            "DERIM_API_TLS_CERT": str(cert), "DERIM_API_TLS_KEY": str(key)}  # fmt: skip

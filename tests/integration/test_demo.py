@@ -4,7 +4,6 @@ simulated fleet, a forecast trained at start and the anomaly its history carries
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-
-def free_port() -> int:
-    """A free loopback TCP port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from influxd import free_ports
 
 
 def wait_for(
@@ -44,7 +36,7 @@ def wait_for(
 def test_the_demo_shows_live_data_a_forecast_and_an_anomaly(tmp_path: Path) -> None:
     """The dashboard page loads, the polled PV inverter reports live, the forecast of pv-roof-2
     is served, and the household meter's stuck stretch is an anomaly."""
-    port = free_port()
+    (port,) = free_ports(1)
     env = {**os.environ, "DERIM_DATA_DIR": str(tmp_path), "DERIM_OCPP_PORT": "0",
            "DERIM_LOG_LEVEL": "WARNING"}  # fmt: skip
     process = subprocess.Popen(

@@ -16,7 +16,7 @@ import pytest
 from api_server import ApiServer
 from modbus_server import RegisterServer
 
-from derim.twin.datasets import greensboro_pv, simbench_load
+from derim.twin.datasets import greensboro_pv, replay, simbench_load
 
 DAYS = 60
 DEVICE = "pv-gso"
@@ -26,12 +26,9 @@ MODELS = ["seasonal_daily", "clearsky_persistence", "gbm"]
 def pv_readings(days: int, outage_day: pd.Timestamp) -> list[dict[str, Any]]:
     """The last ``days`` days to now, 15-min power (kW) from the same days of the TMY year,
     with output at zero from 14:00 to 19:00 UTC (09:00-14:00 local) on ``outage_day``."""
-    hourly = greensboro_pv().series / 1000.0
     end = pd.Timestamp.now(tz="UTC").floor("h")
-    index = pd.date_range(end - pd.Timedelta(days=days), end, freq="15min", inclusive="left")
-    first_hour = hourly.index[0].hour
-    hour_of_year = (index.dayofyear.to_numpy() - 1) % 365 * 24 + index.hour.to_numpy()
-    values = hourly.to_numpy()[(hour_of_year - first_hour) % len(hourly)]
+    power = replay(greensboro_pv().series / 1000.0, end, days)
+    index, values = power.index, power.to_numpy()
     outage = (index >= outage_day + pd.Timedelta(hours=14)) & (
         index < outage_day + pd.Timedelta(hours=19)
     )

@@ -38,6 +38,16 @@ LOCAL = Caller("local", Role.ADMIN)
 """The caller when authentication is disabled."""
 
 
+def presented_token(
+    authorization: str | None, x_api_key: str | None, api_key: str | None = None
+) -> str | None:
+    """The key from ``Authorization: Bearer``, else ``X-API-Key``, else an ``api_key`` query
+    value (for browsers' WebSockets and EventSources)."""
+    if authorization is not None and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return x_api_key or api_key
+
+
 def authenticate(services: Services, token: str | None, role: Role) -> Caller:
     """The caller presenting ``token``, if it may act as ``role``; the errors say why not."""
     if not services.settings.auth_enabled:
@@ -70,9 +80,7 @@ def requires(role: Role) -> object:
         authorization: Annotated[str | None, Header()] = None,
         x_api_key: Annotated[str | None, Header()] = None,
     ) -> Caller:
-        token = x_api_key
-        if authorization is not None and authorization[:7].lower() == "bearer ":
-            token = authorization[7:].strip()
+        token = presented_token(authorization, x_api_key)
         return authenticate(get_services(request), token, role)
 
     return Depends(check)

@@ -107,3 +107,14 @@ def simbench_load(profile: str = "H0-A") -> Dataset:
     series = pd.Series(frame[column].to_numpy(dtype=float) * LOAD_PEAK_W, index=index, name=column)
     source = f"SimBench 1-complete_data-mixed-all-0-sw LoadProfile {column} (2016, ODbL)"
     return Dataset(f"simbench_{profile}", series, pd.Timedelta(minutes=15), None, source)
+
+
+def replay(series: pd.Series, end: pd.Timestamp, days: int, freq: str = "15min") -> pd.Series:
+    """A one-year ``series`` laid onto the ``days`` days before ``end`` (UTC): each step takes
+    the value of the same hour of the same day of the year, so a demo or test sees the season's
+    real weather on today's dates."""
+    index = pd.date_range(end - pd.Timedelta(days=days), end, freq=freq, inclusive="left")
+    first_hour = series.index[0].hour
+    hour_of_year = (index.dayofyear.to_numpy() - 1) % 365 * 24 + index.hour.to_numpy()
+    values = series.to_numpy()[(hour_of_year - first_hour) % len(series)]
+    return pd.Series(values, index=index, name=series.name)

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisco
 from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketState
 
-from derim.api.auth import Viewer, authenticate
+from derim.api.auth import Viewer, authenticate, presented_token
 from derim.api.deps import get_services
 from derim.api.streaming import (
     EventMessage,
@@ -77,12 +77,6 @@ def _split(values: list[str] | None) -> frozenset[str]:
     return frozenset(v.strip() for value in values or () for v in value.split(",") if v.strip())
 
 
-def _token(authorization: str | None, x_api_key: str | None, api_key: str | None) -> str | None:
-    if authorization is not None and authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    return x_api_key or api_key
-
-
 def _hub(app_state: Any) -> StreamHub:
     hub: StreamHub = app_state.stream_hub
     return hub
@@ -102,7 +96,7 @@ async def stream_websocket(
     services = websocket.app.state.services
     headers = websocket.headers
     try:
-        token = _token(headers.get("authorization"), headers.get("x-api-key"), api_key)
+        token = presented_token(headers.get("authorization"), headers.get("x-api-key"), api_key)
         authenticate(services, token, Role.VIEWER)
         client = _hub(websocket.app.state).connect(
             stream_filter(device, device_type, group, field, events)
@@ -149,7 +143,9 @@ async def stream_sse(
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """The same messages as Server-Sent Events (``event:`` is the message type)."""
-    authenticate(get_services(request), _token(authorization, x_api_key, api_key), Role.VIEWER)
+    authenticate(
+        get_services(request), presented_token(authorization, x_api_key, api_key), Role.VIEWER
+    )
     hub = _hub(request.app.state)
     client = hub.connect(stream_filter(device, device_type, group, field, events))
     return StreamingResponse(
