@@ -30,6 +30,7 @@ from derim.control.controller import Controller
 from derim.control.schedules import Schedule, Scheduler
 from derim.control.store import CommandStore
 from derim.errors import ConfigError, DerimError, InvalidRequestError
+from derim.grid.fleet import FleetAccess
 from derim.models.device import DERDevice
 from derim.models.telemetry import DERTelemetry
 from derim.security.audit import AuditLog
@@ -115,6 +116,10 @@ class Services:
                 data = {"snapshot": True, "reason": status.last_error, "last_seen": last_seen}
                 events.append(Event(type=kind, device_id=device.id, data=data))
         return events
+
+    def fleet_access(self) -> FleetAccess:
+        """The control layer, registry and latest readings, for a grid-facing link."""
+        return FleetAccess(self.controller.submit, self.registry.list, self.store.latest)
 
     def status(self, device: DERDevice) -> DeviceStatus | None:
         """The device's connection state, when an adapter follows it."""

@@ -1,0 +1,1 @@
+"""Grid-facing links: utility programmes and SCADA reaching the fleet through the control layer."""
