@@ -91,6 +91,8 @@ class ServerRun:
     rows: int | None = None
     """Ours: distinct telemetry rows in SQLite after the server stopped."""
     server_gc_pauses_ms: list[float] | None = None
+    long_gc_pauses_in_window: int | None = None
+    """DERIM's collector pauses over 100 ms during the steady window."""
     """Echo: its garbage-collector pauses of 20 ms or more (from its log)."""
 
     @property
@@ -175,6 +177,18 @@ def health(server: ServerProcess) -> dict[str, Any]:
     return data
 
 
+def long_gc_pauses(server: ServerProcess) -> int | None:
+    """How many of DERIM's collector pauses so far lasted over 100 ms (``/metrics``)."""
+    try:
+        text = httpx.get(server.url + "/metrics", timeout=HEALTH_TIMEOUT_S).text
+    except httpx.HTTPError:
+        return None
+    counts = dict(re.findall(r'derim_gc_pause_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)', text))
+    if "0.1" not in counts or "+Inf" not in counts:
+        return None
+    return int(float(counts["+Inf"]) - float(counts["0.1"]))
+
+
 def measure(kind: str, args: argparse.Namespace, mode: dict[str, float]) -> ServerRun:
     """Start one server, put the load on it and stop it."""
     chargers = int(args.chargers or mode["chargers"])
@@ -198,6 +212,7 @@ def measure(kind: str, args: argparse.Namespace, mode: dict[str, float]) -> Serv
             cpu_connect = (cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0)
             time.sleep(SETTLE_S)
             rss_connected, _ = rss_mb(server.pid)
+            pauses_before = long_gc_pauses(server) if kind == "ours" else None
             cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
             with progress(f"{kind}: {RATE:,.0f} CALLs/s for {mode['window_s']:.0f} s"):
                 steady = gen.run(RATE, mode["warmup_s"], mode["window_s"])
@@ -205,6 +220,9 @@ def measure(kind: str, args: argparse.Namespace, mode: dict[str, float]) -> Serv
             run = ServerRun(kind, connect, steady)
             if kind == "ours":
                 run.health["after_steady"] = health(server)
+                pauses_after = long_gc_pauses(server)
+                if pauses_before is not None and pauses_after is not None:
+                    run.long_gc_pauses_in_window = pauses_after - pauses_before
             _print_phase(kind, steady)
             if not args.no_ramp:
                 run.ramp = ramp(gen, kind, step_ok(steady), mode["step_s"])
@@ -226,6 +244,11 @@ def measure(kind: str, args: argparse.Namespace, mode: dict[str, float]) -> Serv
         f"{run.rss_idle_mb:.0f} MB, connected {run.rss_connected_mb:.0f} MB, saturation "
         f"{run.saturation:,.0f} CALLs/s, server CPU {run.server_cpu}"
         + ("" if run.rows is None else f", rows {run.rows:,}")
+        + (
+            ""
+            if run.long_gc_pauses_in_window is None
+            else f", GC pauses > 100 ms in the window: {run.long_gc_pauses_in_window}"
+        )
         + (
             ""
             if run.server_gc_pauses_ms is None
@@ -366,6 +389,7 @@ def _run_details(run: ServerRun) -> dict[str, Any]:
         "health": run.health,
         "rows": run.rows,
         "echo_gc_pauses_ms": run.server_gc_pauses_ms,
+        "long_gc_pauses_in_window": run.long_gc_pauses_in_window,
     }  # fmt: skip
 
 

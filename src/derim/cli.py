@@ -89,10 +89,13 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the middleware and its REST API."""
     from derim.api.app import create_app
+    from derim.runtime import tune_collector
 
     settings = _settings(ctx)
+    app = create_app(settings)
+    tune_collector()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host or settings.host,
         port=port if port is not None else settings.port,
         log_config=None,

@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from derim.runtime import PAUSE_BUCKETS_S, PAUSES
 from derim.services import Services
 
 
@@ -42,6 +48,22 @@ class CoreCollector(Collector):
         }
         for name, (help_text, value) in gauges.items():
             yield GaugeMetricFamily(name, help_text, value=value)
+        if PAUSES.installed:
+            yield _pause_histogram()
+
+
+def _pause_histogram() -> HistogramMetricFamily:
+    """The garbage collector's pauses since start (``derim serve`` records them)."""
+    cumulative, running = [], 0
+    for bound, count in zip([*map(str, PAUSE_BUCKETS_S), "+Inf"], PAUSES.counts, strict=True):
+        running += count
+        cumulative.append((bound, running))
+    return HistogramMetricFamily(
+        "derim_gc_pause_seconds",
+        "Pauses of Python's cyclic garbage collector (every task waits), s.",
+        buckets=cumulative,
+        sum_value=PAUSES.total_s,
+    )
 
 
 def render_metrics(services: Services) -> bytes:
