@@ -65,6 +65,7 @@ from _common import (
     percentile,
     progress,
     raw_server,
+    run_loop,
 )
 from derim.sim.ocpp_charger import SimulatedCharger
 
@@ -258,13 +259,7 @@ async def generate(spec: Spec, queue: Queue[Any], go: Event) -> Tally:
 def generator_main(spec: Spec, queue: Queue[Any], go: Event) -> None:
     """Entry point of a generator process: its tally (or its failure) goes to ``queue``."""
     try:
-        try:
-            import uvloop
-        except ImportError:
-            tally = asyncio.run(generate(spec, queue, go))
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                tally = runner.run(generate(spec, queue, go))
+        tally = run_loop(generate(spec, queue, go))
         queue.put(("done", tally))
     except BaseException as exc:
         queue.put(("failed", f"{type(exc).__name__}: {exc}"))
