@@ -221,8 +221,8 @@ def test_cors_admits_only_the_configured_origins(tmp_path: Path) -> None:
 
 
 def test_devices_may_only_point_at_allowed_networks(tmp_path: Path) -> None:
-    """A Modbus host outside ``allowed_networks`` (by default a public address) is 422 on
-    create and on change; inside, it is accepted."""
+    """A Modbus or IEC 61850 host outside ``allowed_networks`` (by default a public address)
+    is 422 on create and on change; inside, it is accepted."""
     server = ApiServer(tmp_path / "data", allowed_networks=["127.0.0.0/8"]).start()
 
     def meter(host: str) -> dict[str, object]:
@@ -244,6 +244,12 @@ def test_devices_may_only_point_at_allowed_networks(tmp_path: Path) -> None:
             assert inside.status_code == 201
             moved = client.patch("/api/v1/devices/m-in", json={"connection": meter("8.8.8.8")})
             assert moved.status_code == 422
+            ied = client.post("/api/v1/devices", json={
+                "id": "bess-out", "device_type": "battery", "connection": {
+                    "protocol": "iec61850", "host": "192.168.1.6", "ied_name": "BESS1",
+                    "profile": "generic_der_battery"}})  # fmt: skip
+            assert ied.status_code == 422
+            assert "allowed_networks" in ied.text
             assert [d["id"] for d in client.get("/api/v1/devices").json()] == ["m-in"]
     finally:
         server.stop()

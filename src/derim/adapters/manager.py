@@ -14,13 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from derim.adapters.base import DeviceStatus, PollingAdapter, PollSettings, Publish, StatusChanged
+from derim.adapters.iec61850 import load_profile as load_iec61850_profile
+from derim.adapters.iec61850 import shipped_profile as shipped_iec61850_profile
+from derim.adapters.iec61850.adapter import Iec61850Adapter
+from derim.adapters.iec61850.client import MmsLink
 from derim.adapters.line import LinePoller
 from derim.adapters.modbus.adapter import ModbusAdapter
 from derim.adapters.modbus.profile import Profile, load_profile, shipped_profile
 from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec.adapter import SunSpecAdapter
 from derim.errors import ConfigError, InvalidRequestError
-from derim.models.device import DERDevice, ModbusConnection
+from derim.models.device import DERDevice, Iec61850Connection, ModbusConnection
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +155,28 @@ def _sunspec(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
     )
 
 
+def _iec61850(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
+    connection = device.connection
+    if not isinstance(connection, Iec61850Connection):
+        raise InvalidRequestError("connection", "an IEC 61850 device needs host, ied_name, profile")
+    try:
+        if connection.profile.endswith((".yaml", ".yml")):
+            profile = load_iec61850_profile(Path(connection.profile))
+        else:
+            profile = shipped_iec61850_profile(connection.profile)
+    except ConfigError as exc:
+        raise InvalidRequestError("connection.profile", str(exc)) from exc
+    if profile.device_type != device.device_type:
+        raise InvalidRequestError(
+            "connection.profile",
+            f"profile {connection.profile!r} describes a {profile.device_type.value}, "
+            f"not a {device.device_type.value}",
+        )
+    settings = PollSettings(interval_s=connection.poll_interval_s, timeout_s=connection.timeout_s)
+    link = MmsLink(connection.host, connection.port, connection.timeout_s)
+    return Iec61850Adapter(device.id, profile, link, connection.ied_name, settings)
+
+
 def _load(name: str) -> Profile:
     try:
         if name.endswith((".yaml", ".yml")):
@@ -163,5 +189,6 @@ def _load(name: str) -> Profile:
 FACTORIES: dict[str, Callable[[AdapterManager, DERDevice], PollingAdapter]] = {
     "modbus": _modbus,
     "sunspec": _sunspec,
+    "iec61850": _iec61850,
 }
 """Adapter builders by protocol; MQTT and OCPP join as they land."""

@@ -57,6 +57,29 @@ class ModbusConnection(_Strict):
         return self
 
 
+class Iec61850Connection(_Strict):
+    """An IEC 61850 IED reached over MMS (TCP), read and written through a profile."""
+
+    protocol: Literal["iec61850"]
+    host: Text = Field(min_length=1, max_length=253, description="TCP host of the IED.")
+    port: int = Field(102, ge=1, le=65535, description="TCP port (MMS: 102).")
+    ied_name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description="IED name in its SCL file; with a logical device instance it makes the "
+        "MMS domain (IED BESS1 + LD DER = BESS1DER).",
+    )
+    profile: Text = Field(
+        min_length=1,
+        max_length=256,
+        description="IEC 61850 profile: a shipped profile name such as generic_der_battery, "
+        "or the path of a YAML profile file.",
+    )
+    poll_interval_s: float = Field(1.0, gt=0, le=3600, description="Seconds between polls.")
+    timeout_s: float = Field(2.0, gt=0, le=60, description="Seconds one request may take.")
+
+
 class MqttConnection(_Strict):
     """A device whose readings arrive on MQTT topics."""
 
@@ -78,7 +101,12 @@ class SimulatedConnection(_Strict):
 
 
 Connection = Annotated[
-    PushConnection | ModbusConnection | MqttConnection | OcppConnection | SimulatedConnection,
+    PushConnection
+    | ModbusConnection
+    | Iec61850Connection
+    | MqttConnection
+    | OcppConnection
+    | SimulatedConnection,
     Field(discriminator="protocol"),
 ]
 

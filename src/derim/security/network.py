@@ -13,7 +13,7 @@ import socket
 from collections.abc import Sequence
 
 from derim.errors import InvalidRequestError
-from derim.models.device import DERDevice, ModbusConnection
+from derim.models.device import DERDevice, Iec61850Connection, ModbusConnection
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -21,7 +21,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 async def check_target(device: DERDevice, allowed: Sequence[Network]) -> None:
     """``InvalidRequestError`` unless every address of the device's host is in ``allowed``."""
     connection = device.connection
-    if not isinstance(connection, ModbusConnection) or connection.host is None:
+    if not isinstance(connection, ModbusConnection | Iec61850Connection):
+        return
+    if connection.host is None:
         return
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
