@@ -19,6 +19,9 @@ from pydantic_settings import (
 )
 
 from derim.errors import ConfigError
+from derim.grid.dnp3.config import Dnp3Config
+from derim.grid.openadr.config import OpenAdrConfig
+from derim.grid.sep2.config import Sep2Config
 from derim.models.device import DERDevice
 
 
@@ -135,6 +138,13 @@ class Settings(BaseSettings):
     """WebSocket ping interval; a charger that misses a pong is dropped. 0 disables pings."""
     ocpp_allowed_id_tags: list[str] | None = _setting(None, "ocpp_allowed_id_tags")
     """Id tags that Authorize accepts; None accepts any."""
+    openadr: OpenAdrConfig | None = _setting(None, "openadr")
+    """An OpenADR 2.0b VEN: the VTN, its programmes and the groups they steer; None: off."""
+    dnp3: Dnp3Config | None = _setting(None, "dnp3")
+    """A DNP3 outstation toward a utility master: listen address and point map; None: off."""
+    sep2: Sep2Config | None = _setting(None, "sep2")
+    """An IEEE 2030.5 client (CSIP aggregator): the server, client certificate and the
+    EndDevices' devices; None: off."""
     devices: list[DERDevice] = _setting([], "devices")
     """The fleet: devices registered (or updated) at start."""
 

@@ -31,6 +31,7 @@ from derim.control.schedules import Schedule, Scheduler
 from derim.control.store import CommandStore
 from derim.errors import ConfigError, DerimError, InvalidRequestError
 from derim.grid.fleet import FleetAccess
+from derim.grid.links import RunningLink, start_links
 from derim.models.device import DERDevice
 from derim.models.telemetry import DERTelemetry
 from derim.security.audit import AuditLog
@@ -99,6 +100,7 @@ class Services:
     mqtt: MqttAdapter | None = None
     ocpp: CentralSystem | None = None
     sites: SiteBalancer | None = None
+    grid_links: list[RunningLink] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
 
     async def ingest(self, records: Sequence[DERTelemetry]) -> None:
@@ -226,6 +228,7 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(cancel_and_wait, scheduling)
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
         stack.push_async_callback(cancel_and_wait, maintenance)
+        services.grid_links = await start_links(settings, services.fleet_access(), stack)
         if settings.anomaly_scan_interval_s is not None:
             scanning = asyncio.create_task(_scan_anomalies(services), name="derim-anomaly-scan")
             stack.push_async_callback(cancel_and_wait, scanning)

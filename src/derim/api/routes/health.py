@@ -57,6 +57,7 @@ async def health(services: ServicesDep) -> dict[str, Any]:
         },
         "mqtt": None if services.mqtt is None else _mqtt(services.mqtt),
         "ocpp": None if services.ocpp is None else _ocpp(services.ocpp),
+        "grid_links": {link.name: link.state for link in services.grid_links},
     }
 
 

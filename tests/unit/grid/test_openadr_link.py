@@ -1,0 +1,217 @@
+"""The VEN's decisions (opt in or out, what it hands to the dispatcher), its report values,
+and the dispatcher's commands, against a fake control layer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from async_helpers import until
+from derim.errors import InvalidRequestError, StorageError
+from derim.grid.fleet import FleetAccess
+from derim.grid.openadr.config import OpenAdrConfig, Programme
+from derim.grid.openadr.dispatch import LimitDispatcher
+from derim.grid.openadr.signals import Step, power_limit
+from derim.grid.openadr.ven import OpenAdrVen
+from derim.models.command import CommandRequest, CommandResult, CommandStatus, CommandType
+from derim.models.common import DeviceType
+from derim.models.device import DERDevice
+from derim.tasks import cancel_and_wait
+
+T0 = datetime(2025, 1, 6, 17, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+class FakeFleet:
+    """Devices, their latest readings and a control layer that records what it is sent."""
+
+    def __init__(self, devices: list[DERDevice], refuse: Sequence[str] = ()) -> None:
+        self.devices = devices
+        self.refuse = set(refuse)
+        self.sent: list[tuple[str, CommandRequest]] = []
+        self.readings: dict[str, dict[str, object]] = {}
+        self.storage_down = False
+
+    async def submit(self, device_id: str, request: CommandRequest) -> CommandResult:
+        if device_id in self.refuse:
+            raise InvalidRequestError("command", "the device takes no power limit")
+        self.sent.append((device_id, request))
+        status = CommandStatus.VALIDATED if request.dry_run else CommandStatus.ACKNOWLEDGED
+        return CommandResult(device_id=device_id, request=request, status=status)
+
+    async def latest(self, device_ids: Sequence[str]) -> dict[str, dict[str, object]]:
+        if self.storage_down:
+            raise StorageError("database is locked")
+        return {d: self.readings[d] for d in device_ids if d in self.readings}
+
+    def access(self) -> FleetAccess:
+        return FleetAccess(self.submit, lambda: self.devices, self.latest)
+
+    def carried_out(self) -> list[tuple[str, CommandType, float | None]]:
+        return [(d, r.command, r.value) for d, r in self.sent if not r.dry_run]
+
+
+def device(device_id: str, kind: DeviceType, rated_kw: float | None = 10.0) -> DERDevice:
+    return DERDevice(id=device_id, device_type=kind, rated_power_kw=rated_kw, groups=["dr"])
+
+
+PV = device("pv", DeviceType.SOLAR_PV)
+BATTERY = device("bat", DeviceType.BATTERY)
+METER = device("meter", DeviceType.METER, None)
+
+
+def ven(fleet: FakeFleet, **programme: Any) -> OpenAdrVen:
+    config = OpenAdrConfig(
+        vtn_url="http://127.0.0.1:9/OpenADR2/Simple/2.0b",
+        ven_name="v",
+        programmes=[Programme(group="dr", market_context="oadr://dr", **programme)],
+    )
+    return OpenAdrVen(config, fleet.access())
+
+
+def event(level: object, *, status: str = "far", test: bool = False) -> dict[str, Any]:
+    start = datetime.now(UTC) + MINUTE
+    interval = {"uid": 0, "dtstart": start, "duration": MINUTE, "signal_payload": level}
+    return {
+        "event_descriptor": {"event_id": "ev-1", "market_context": "oadr://dr",
+                             "event_status": status, "test_event": test},
+        "active_period": {"dtstart": start, "duration": MINUTE},
+        "event_signals": [{"signal_name": "SIMPLE", "signal_type": "level",
+                           "intervals": [interval]}],
+        "targets_by_type": {"ven_id": ["v"]},
+    }  # fmt: skip
+
+
+async def test_an_event_is_opted_into_for_the_members_that_can_carry_it() -> None:
+    """Each member of a wanted type is asked with a dry run; the event is opted into and
+    its steps cover only the members the control layer accepted."""
+    fleet = FakeFleet([PV, BATTERY, METER], refuse=["bat"])
+    link = ven(fleet, device_types=[DeviceType.SOLAR_PV, DeviceType.BATTERY])
+    assert await link.handle_event(event(2)) == "optIn"
+    assert [(d, r.dry_run, r.value, r.unit) for d, r in fleet.sent] == [("pv", True, 40, "%")]
+    assert link.dispatcher.event_ids == ["ev-1"]
+    planned = link.dispatcher.desired(datetime.now(UTC) + 1.5 * MINUTE)
+    assert list(planned) == ["pv"]
+    assert fleet.carried_out() == []
+
+
+async def test_a_normal_level_event_is_opted_into_without_limits() -> None:
+    """SIMPLE level 0 (normal operation) is carried by doing nothing: opted into, no limit."""
+    link = ven(FakeFleet([PV]))
+    assert await link.handle_event(event(0)) == "optIn"
+    assert link.dispatcher.desired(datetime.now(UTC) + 1.5 * MINUTE) == {}
+
+
+async def test_an_event_no_member_can_carry_is_opted_out() -> None:
+    """When every member refuses the dry run, or the group has no member of a wanted type,
+    the event is opted out of and nothing is planned."""
+    fleet = FakeFleet([PV, METER], refuse=["pv", "meter"])
+    assert await ven(fleet).handle_event(event(2)) == "optOut"
+    typed = ven(FakeFleet([PV]), device_types=[DeviceType.EV_CHARGER])
+    assert await typed.handle_event(event(2)) == "optOut"
+    assert typed.dispatcher.event_ids == []
+
+
+@pytest.mark.parametrize("payload", [9, "lots", None])
+async def test_a_malformed_update_opts_out_and_drops_the_event(payload: object) -> None:
+    """An update of an accepted event with an unreadable level is opted out of and its
+    limits are no longer planned."""
+    link = ven(FakeFleet([PV]))
+    assert await link.handle_event(event(1)) == "optIn"
+    assert await link.handle_event(event(payload)) == "optOut"
+    assert link.dispatcher.event_ids == []
+
+
+async def test_a_cancelled_event_is_dropped_and_answered_as_before() -> None:
+    """Cancellation drops the event's steps and repeats the earlier answer."""
+    link = ven(FakeFleet([PV]))
+    await link.handle_event(event(3))
+    assert await link.handle_event(event(3, status="cancelled")) == "optIn"
+    assert link.dispatcher.event_ids == []
+
+
+async def test_a_test_event_is_answered_but_not_carried_out() -> None:
+    """A test event is opted into when the group could carry it, and nothing is planned."""
+    link = ven(FakeFleet([PV]))
+    assert await link.handle_event(event(2, test=True)) == "optIn"
+    assert link.dispatcher.event_ids == []
+
+
+async def test_the_report_sums_the_members_fresh_power() -> None:
+    """The group's value is the sum of its members' fresh power_kw (a stale reading and a
+    reading without power left out); no value without readings or when storage fails."""
+    fleet = FakeFleet([PV, BATTERY, METER])
+    link = ven(fleet)
+    programme = link.config.programmes[0]
+    assert await link.group_power(programme) == []
+    now = datetime.now(UTC)
+    fleet.readings = {
+        "pv": {"timestamp": now, "power_kw": 4.5},
+        "bat": {"timestamp": now - timedelta(hours=1), "power_kw": 2.0},
+        "meter": {"timestamp": now, "voltage_v": 230.0},
+    }
+    ((_, value),) = await link.group_power(programme)
+    assert value == 4.5
+    fleet.readings["bat"]["timestamp"] = now
+    ((_, value),) = await link.group_power(programme)
+    assert value == 6.5
+    fleet.storage_down = True
+    assert await link.group_power(programme) == []
+
+
+async def test_the_dispatcher_sends_at_each_start_and_clears_only_what_was_lifted() -> None:
+    """Nothing before a step starts; its limit at the start, once; nothing at its natural
+    end (the limit lapses); a clear when an event is dropped before its end."""
+    fleet = FakeFleet([PV])
+    dispatcher = LimitDispatcher(fleet.access())
+    dispatcher.put("a", [Step(T0, T0 + MINUTE, {"pv": power_limit(40, "%", T0 + MINUTE)})])
+    await dispatcher.apply(T0 - MINUTE)
+    assert fleet.carried_out() == []
+    await dispatcher.apply(T0)
+    await dispatcher.apply(T0 + MINUTE / 2)
+    assert fleet.carried_out() == [("pv", CommandType.SET_POWER_LIMIT, 40)]
+    await dispatcher.apply(T0 + MINUTE)
+    assert len(fleet.carried_out()) == 1
+    assert dispatcher.event_ids == []
+    end = T0 + 3 * MINUTE
+    dispatcher.put("b", [Step(T0 + 2 * MINUTE, end, {"pv": power_limit(10, "%", end)})])
+    await dispatcher.apply(T0 + 2 * MINUTE)
+    dispatcher.drop("b")
+    await dispatcher.apply(T0 + 2 * MINUTE)
+    assert fleet.carried_out()[-2:] == [
+        ("pv", CommandType.SET_POWER_LIMIT, 10), ("pv", CommandType.CLEAR_POWER_LIMIT, None)
+    ]  # fmt: skip
+    assert fleet.sent[-1][1].source == "openadr"
+
+
+async def test_the_most_restrictive_of_overlapping_events_applies() -> None:
+    """3 kW beats 50 % of a 10 kW rating; when the 3 kW event goes, the 50 % one is sent."""
+    fleet = FakeFleet([PV])
+    dispatcher = LimitDispatcher(fleet.access())
+    end = T0 + MINUTE
+    dispatcher.put("pct", [Step(T0, end, {"pv": power_limit(50, "%", end)})])
+    dispatcher.put("kw", [Step(T0, end, {"pv": power_limit(3, "kW", end)})])
+    await dispatcher.apply(T0)
+    dispatcher.drop("kw")
+    await dispatcher.apply(T0)
+    assert [(r.value, r.unit) for _, r in fleet.sent] == [(3, "kW"), (50, "%")]
+
+
+async def test_the_dispatcher_wakes_for_a_future_step() -> None:
+    """Running, the dispatcher sends a step's limit once its start has come."""
+    fleet = FakeFleet([PV])
+    dispatcher = LimitDispatcher(fleet.access())
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        start = datetime.now(UTC) + timedelta(seconds=0.2)
+        end = start + MINUTE
+        dispatcher.put("a", [Step(start, end, {"pv": power_limit(20, "%", end)})])
+        await until(lambda: bool(fleet.sent))
+        assert datetime.now(UTC) >= start
+        assert fleet.carried_out() == [("pv", CommandType.SET_POWER_LIMIT, 20)]
+    finally:
+        await cancel_and_wait(task)
