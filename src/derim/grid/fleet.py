@@ -8,8 +8,9 @@ arbitration (each link is its own ``source``), lifecycle record and audit as one
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from derim.errors import DerimError
 from derim.models.command import CommandRequest, CommandResult
@@ -53,6 +54,24 @@ class Outcome:
     def acknowledged(self) -> bool:
         """Whether the device confirmed the command."""
         return self.result is not None and self.result.status == "acknowledged"
+
+    def describe(self) -> str:
+        """The command's status, or why it has no record (for logs)."""
+        if self.result is not None:
+            return self.result.status.value
+        return self.error or "not carried out"
+
+
+def fresh(
+    latest: Mapping[str, Mapping[str, object]], now: datetime, stale_after_s: float
+) -> dict[str, Mapping[str, object]]:
+    """The readings of ``latest`` taken at most ``stale_after_s`` seconds before ``now``."""
+    oldest = now - timedelta(seconds=stale_after_s)
+    return {
+        device_id: reading
+        for device_id, reading in latest.items()
+        if isinstance(stamp := reading.get("timestamp"), datetime) and stamp >= oldest
+    }
 
 
 async def submit_each(

@@ -34,7 +34,6 @@ from derim.grid.dnp3.points import (
     binary_value,
     combined_status,
     error_status,
-    fresh,
     result_status,
     setpoint_request,
     snapshot,
@@ -42,6 +41,7 @@ from derim.grid.dnp3.points import (
     target_ids,
     watched_ids,
 )
+from derim.grid.fleet import fresh
 from derim.models.command import CommandRequest, CommandResult, CommandStatus, CommandType
 from derim.models.device import DERDevice
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from statistics import fmean
 
 from dnp3.core.enums import CommandStatus as ControlStatus
@@ -21,6 +21,7 @@ from derim.grid.dnp3.config import (
     Dnp3Config,
     Target,
 )
+from derim.grid.fleet import fresh
 from derim.models.command import CommandRequest, CommandResult, CommandStatus, CommandType
 from derim.models.common import OperatingState
 from derim.models.device import DERDevice
@@ -94,18 +95,6 @@ def target_ids(target: Target, devices: Sequence[DERDevice]) -> list[str]:
     if target.device is not None:
         return [d.id for d in devices if d.id == target.device]
     return [d.id for d in devices if target.group in d.groups]
-
-
-def fresh(
-    latest: Mapping[str, Mapping[str, object]], now: datetime, stale_after_s: float
-) -> dict[str, Mapping[str, object]]:
-    """The readings taken at most ``stale_after_s`` seconds before ``now``."""
-    oldest = now - timedelta(seconds=stale_after_s)
-    return {
-        device_id: reading
-        for device_id, reading in latest.items()
-        if isinstance(stamp := reading.get("timestamp"), datetime) and stamp >= oldest
-    }
 
 
 def analog_value(

@@ -81,7 +81,7 @@ class LimitDispatcher:
         for request, device_ids in batches.values():
             for outcome in await submit_each(self.fleet, device_ids, request):
                 if not outcome.acknowledged:
-                    status = outcome.result.status.value if outcome.result else outcome.error
+                    status = outcome.describe()
                     log.warning(
                         "openadr %s to %s: %s", request.command.value, outcome.device_id, status
                     )

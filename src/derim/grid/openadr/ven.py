@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from openleadr import OpenADRClient, objects  # type: ignore[import-untyped]
 
 from derim.errors import ConfigError, DerimError, TransportError
-from derim.grid.fleet import FleetAccess
+from derim.grid.fleet import FleetAccess, fresh
 from derim.grid.openadr.config import OpenAdrConfig, Programme, SignalRule
 from derim.grid.openadr.dispatch import LimitDispatcher
 from derim.grid.openadr.signals import (
@@ -137,13 +137,10 @@ class OpenAdrVen:
             log.warning("openadr: no readings for the %s report: %s", programme.group, exc)
             return []
         now = datetime.now(UTC)
-        cutoff = now - timedelta(seconds=self.config.report_stale_after_s)
         values = [
             float(power)
-            for reading in latest.values()
+            for reading in fresh(latest, now, self.config.report_stale_after_s).values()
             if isinstance(power := reading.get("power_kw"), int | float)
-            and isinstance(at := reading.get("timestamp"), datetime)
-            and at >= cutoff
         ]
         return [(now, round(sum(values), 3))] if values else []
 

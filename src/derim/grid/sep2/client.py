@@ -196,7 +196,7 @@ class Sep2Link:
         )
         (outcome,) = await submit_each(self._fleet, [device_id], request)
         if not outcome.acknowledged:
-            status = outcome.result.status.value if outcome.result else outcome.error
+            status = outcome.describe()
             log.info(
                 "sep2 %s on %s not acknowledged: %s", setpoint.command.value, device_id, status
             )
