@@ -40,6 +40,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "i": ("bench_api_load.py", "API under mixed load: 50 clients, reads, ingest, commands"),
     "j": ("bench_twin.py", "digital twin: accuracy on real PV, LSTM training, served forecasts"),
     "k": ("bench_stream.py", "live stream: reading to WebSocket clients, 1,000 devices"),
+    "l": ("bench_edge.py", "edge profile: idle RSS and start-up time, 100 devices"),
 }
 
 

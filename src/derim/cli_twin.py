@@ -1,4 +1,8 @@
-"""``derim twin``: backtest every forecaster on a CSV file, train models on stored device data."""
+"""``derim twin``: backtest every forecaster on a CSV file, train models on stored device data.
+
+The commands import the twin's numeric modules when they run, so that ``derim serve`` (which
+registers this group) starts without pandas, SciPy, LightGBM and pvlib.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,22 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import pandas as pd
 from tqdm import tqdm
 
 from derim.config import Settings
 from derim.errors import DerimError, TwinError
 from derim.services import build_store
 from derim.storage.registry import DeviceRegistry
-from derim.twin.backtest import BacktestResult, Metrics, backtest
-from derim.twin.catalogue import FORECASTERS
-from derim.twin.features import Covariates, Site
-from derim.twin.history import load_history
 from derim.twin.store import ModelStore
-from derim.twin.timeseries import parse_duration, regularise
-from derim.twin.training import TrainingPlan, TrainingReport, site_of, train
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from derim.twin.backtest import BacktestResult, Metrics
+    from derim.twin.training import TrainingReport
 
 TABLE_COLUMNS = (
     ("model", 22),
@@ -41,6 +45,8 @@ def twin() -> None:
 
 
 def _models_option(value: str | None) -> list[str]:
+    from derim.twin.catalogue import FORECASTERS
+
     names = [n.strip() for n in value.split(",")] if value else list(FORECASTERS)
     unknown = [n for n in names if n not in FORECASTERS]
     if unknown:
@@ -85,6 +91,10 @@ def backtest_command(
     output: str,
 ) -> None:
     """Rolling-origin backtest of every forecaster on a CSV file; prints the metrics."""
+    from derim.twin.backtest import backtest
+    from derim.twin.features import Covariates, Site
+    from derim.twin.timeseries import parse_duration, regularise
+
     try:
         step = parse_duration(freq, "--freq")
         ahead = parse_duration(horizon, "--horizon")
@@ -132,6 +142,8 @@ def train_command(
     models: str | None,
 ) -> None:
     """Backtest and train forecasters on a device's stored telemetry; stores the models."""
+    from derim.twin.timeseries import parse_duration
+
     settings: Settings = ctx.obj
     try:
         report = asyncio.run(
@@ -163,6 +175,9 @@ async def _train_stored(
     freq: pd.Timedelta,
     models: list[str],
 ) -> TrainingReport:
+    from derim.twin.history import load_history
+    from derim.twin.training import TrainingPlan, site_of, train
+
     registry = DeviceRegistry(settings.database_path)
     store = build_store(settings)
     await registry.open()
@@ -190,6 +205,8 @@ async def _train_stored(
 
 def read_csv_series(path: Path, time_column: str, value_column: str) -> pd.Series:
     """The value column indexed by the time column; blank values are gaps, text is an error."""
+    import pandas as pd
+
     try:
         frame = pd.read_csv(path, usecols=[time_column, value_column])
     except ValueError as exc:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from derim.errors import StorageError
 from derim.storage.sqlite_file import SQLiteFile
-from derim.twin.anomaly import Anomaly
+from derim.twin.anomaly_model import Anomaly
 
 FILE_NAME = "anomalies.db"
 

@@ -37,46 +37,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Self
 
 import numpy as np
 import pandas as pd
 import pvlib
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from derim.errors import TwinError
+from derim.twin.anomaly_model import Anomaly as Anomaly  # re-exported: the detector's output
+from derim.twin.anomaly_model import AnomalyKind, Severity
 from derim.twin.features import Site, clearsky_ghi
 from derim.twin.timeseries import steps_per_day
-
-AnomalyKind = Literal["outage", "stuck", "out_of_range", "gap", "spike", "drift", "residual"]
-Severity = Literal["low", "medium", "high"]
 
 SPIKE_MAX_STEPS = 2
 """Longer excursions above the clear-sky ceiling are out of range rather than spikes."""
 NANOS_PER_DAY = 86_400_000_000_000
 TILTS_DEG = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0)
 """Array tilts tried when none is configured and the series is long enough to fit one."""
-
-
-class Anomaly(BaseModel):
-    """One anomalous event on one field: what, when (UTC), how bad and why."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: AnomalyKind
-    field: str
-    start: AwareDatetime
-    end: AwareDatetime
-    """End of the last anomalous interval."""
-    severity: Severity
-    reason: str
-    """A sentence with the numbers behind the flag."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.end <= self.start:
-            raise ValueError(f"end {self.end} is not after start {self.start}")
-        return self
 
 
 class AnomalyConfig(BaseModel):

@@ -12,63 +12,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.optimize import linprog
 from scipy.sparse import coo_array, csr_array, hstack, vstack
 
 from derim.control.schedules import MAX_ENTRIES, ScheduleEntry, ScheduleRequest
 from derim.errors import TwinError
 from derim.models.command import CommandType
+from derim.twin.scenario import MAX_DISPATCH_STEPS, BatteryParams, Objective
 
-MAX_KW = 1e6
-"""Largest power (kW) or energy (kWh) accepted anywhere in the twin's simulation: 1 GW."""
-MAX_DISPATCH_STEPS = 4 * 24 * 31
-"""Longest horizon the optimiser takes: a month of 15-minute steps."""
 THROUGHPUT_COST = 1e-6
 """Objective weight per kWh charged or discharged: breaks ties without moving the optimum."""
 Floats = npt.NDArray[np.float64]
 Bounds = list[tuple[float, float | None]]
 _Lp = tuple[Floats, csr_array | None, Floats | None, csr_array, Floats, Bounds]
 """A linear programme for ``linprog``: c, A_ub, b_ub, A_eq, b_eq, bounds."""
-
-
-class Objective(StrEnum):
-    """What the optimiser minimises."""
-
-    PEAK = "peak"
-    COST = "cost"
-
-
-class BatteryParams(BaseModel):
-    """A battery's ratings and state: energy in kWh, power in kW, states of charge as 0-1."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
-
-    capacity_kwh: float = Field(gt=0, le=MAX_KW, description="Usable capacity (kWh).")
-    power_kw: float = Field(gt=0, le=MAX_KW, description="Charge and discharge limit (kW, AC).")
-    initial_soc: float = Field(ge=0, le=1, description="State of charge at the start (0-1).")
-    min_soc: float = Field(0.0, ge=0, le=1, description="Lowest state of charge allowed (0-1).")
-    max_soc: float = Field(1.0, ge=0, le=1, description="Highest state of charge allowed (0-1).")
-    efficiency: float = Field(
-        0.9, gt=0, le=1, description="Round-trip efficiency (0-1], split sqrt(eta) each way."
-    )
-
-    @model_validator(mode="after")
-    def _soc_window(self) -> BatteryParams:
-        if self.min_soc >= self.max_soc:
-            raise ValueError("min_soc must be below max_soc")
-        if not self.min_soc <= self.initial_soc <= self.max_soc:
-            raise ValueError("initial_soc must lie within min_soc..max_soc")
-        return self
-
-    @property
-    def one_way_efficiency(self) -> float:
-        """Charge and discharge efficiency each: sqrt of the round trip."""
-        return math.sqrt(self.efficiency)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from derim.errors import TwinError
-from derim.twin.anomaly import Anomaly
+from derim.twin.anomaly_model import Anomaly
 from derim.twin.features import Site, clearsky_ghi
 
 FaultKind = Literal["outage", "drift", "stuck", "spike", "gap"]

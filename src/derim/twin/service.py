@@ -2,7 +2,9 @@
 
 Training runs in a child process of its own (one job at a time), ended when the service closes,
 so neither the event loop nor the API's threads wait for it; torch is imported there, never in
-the serving process unless an LSTM is served.
+the serving process unless an LSTM is served. pandas, NumPy and the models' libraries (LightGBM,
+pvlib, SciPy) are imported by the methods that use them, so a server that never forecasts or
+scans does not load them (the edge profile's memory, docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from enum import StrEnum
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from derim.bus.events import Event, EventType
@@ -30,13 +32,15 @@ from derim.storage.anomalies import AnomalyStore
 from derim.storage.base import Store
 from derim.storage.registry import DeviceRegistry
 from derim.tasks import cancel_and_wait
-from derim.twin.anomaly import Anomaly, AnomalyConfig, detect
-from derim.twin.base import Forecast, Forecaster
-from derim.twin.catalogue import FORECASTERS
-from derim.twin.history import load_history
+from derim.twin.anomaly_model import Anomaly
 from derim.twin.store import ModelInfo, ModelStore
-from derim.twin.timeseries import parse_duration, steps_per_day
-from derim.twin.training import TrainingPlan, TrainingReport, site_of, train
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from derim.twin.anomaly import AnomalyConfig
+    from derim.twin.base import Forecast, Forecaster
+    from derim.twin.training import TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,8 @@ GENERATORS = (DeviceType.SOLAR_PV, DeviceType.WIND)
 def _anomaly_config(device: DERDevice) -> AnomalyConfig:
     """Range checks for the device's kind: generators may not import more than a trickle;
     batteries, chargers, meters and loads (consumption is negative) may go to minus the rating."""
+    from derim.twin.anomaly import AnomalyConfig
+
     if device.device_type in GENERATORS:
         return AnomalyConfig()
     return AnomalyConfig(range_min_fraction=-AnomalyConfig().range_max_factor)
@@ -101,6 +107,8 @@ def _anomaly_config(device: DERDevice) -> AnomalyConfig:
 
 def run_training(root: Path, series: pd.Series, plan: TrainingPlan, answer: Connection) -> None:
     """Train in a child process and send back ``("ok", report)`` or ``("error", message)``."""
+    from derim.twin.training import train
+
     try:
         answer.send(("ok", train(series, plan, ModelStore(root))))
     except Exception as exc:  # any failure of the job goes back to the parent as its error
@@ -157,6 +165,10 @@ class TwinService:
         self, device_id: str, field: str, horizon: pd.Timedelta, model: str | None
     ) -> tuple[Forecast, ModelInfo]:
         """The forecast of ``field`` from now, by ``model`` or the one the backtest chose."""
+        import pandas as pd
+
+        from derim.twin.history import load_history
+
         self.registry.get(device_id)
         name = model or self.models.selected(device_id, field)
         if name is None:
@@ -185,6 +197,13 @@ class TwinService:
 
     async def start_training(self, device_id: str, request: TrainRequest) -> TrainingJob:
         """Load the history and start a training job; returns at once."""
+        import pandas as pd
+
+        from derim.twin.catalogue import FORECASTERS
+        from derim.twin.history import load_history
+        from derim.twin.timeseries import parse_duration
+        from derim.twin.training import TrainingPlan, site_of
+
         device = self.registry.get(device_id)
         models = request.models or list(FORECASTERS)
         unknown = [m for m in models if m not in FORECASTERS]
@@ -216,6 +235,8 @@ class TwinService:
 
     async def _run(self, job: TrainingJob, series: pd.Series, plan: TrainingPlan) -> None:
         """Run one job in its own process (one job at a time) and record its outcome."""
+        from derim.twin.training import TrainingReport
+
         async with self._one_at_a_time:
             context = multiprocessing.get_context("spawn")
             answer, child_end = context.Pipe(duplex=False)
@@ -253,6 +274,12 @@ class TwinService:
     ) -> list[Anomaly]:
         """Scan [start, end) of the stored readings, store what is found (publishing an
         ``anomaly`` event for each one not stored before), return all stored."""
+        import pandas as pd
+
+        from derim.twin.anomaly import detect
+        from derim.twin.history import load_history
+        from derim.twin.training import site_of
+
         device = self.registry.get(device_id)
         if end - start > MAX_SCAN_WINDOW:
             raise TwinError(f"the anomaly window is longer than {MAX_SCAN_WINDOW.days} days")
@@ -300,6 +327,11 @@ class TwinService:
         self, device: DERDevice, field: str, measured: pd.Series
     ) -> pd.DataFrame | None:
         """Day-ahead forecasts of the served model over ``measured`` (short windows only)."""
+        import pandas as pd
+
+        from derim.twin.history import load_history
+        from derim.twin.timeseries import steps_per_day
+
         name = self.models.selected(device.id, field)
         span = measured.index[-1] - measured.index[0]
         if name is None or span > RESIDUAL_WINDOW:

@@ -13,11 +13,14 @@ import pickle
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from derim.errors import NotFoundError, TwinError
-from derim.twin.base import Forecaster
+
+if TYPE_CHECKING:
+    from derim.twin.base import Forecaster  # pandas and NumPy: loaded with the first model
 
 
 class ModelInfo(BaseModel):
@@ -58,6 +61,8 @@ class ModelStore:
 
     def load(self, device_id: str, field: str, model: str) -> tuple[Forecaster, ModelInfo]:
         """The latest version of ``model`` for the device's ``field``."""
+        from derim.twin.base import Forecaster
+
         folder = self.root / device_id / field / model
         versions = self._versions(folder)
         if not versions:

@@ -1,13 +1,16 @@
-"""``/api/v1/forecast`` and ``/api/v1/twin``: served forecasts, training, anomalies, what-if."""
+"""``/api/v1/forecast`` and ``/api/v1/twin``: served forecasts, training, anomalies, what-if.
+
+The routes declare their bodies with the twin's light API models; the numeric modules (pandas,
+NumPy, SciPy) are imported by the handlers, on the first request that needs them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 from fastapi import APIRouter, Depends, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,13 +20,13 @@ from derim.api.routes.schedules import create_schedule
 from derim.control.schedules import ScheduleRequest
 from derim.errors import InvalidRequestError, TwinError
 from derim.services import Services
-from derim.twin.anomaly import Anomaly
-from derim.twin.base import Forecast
-from derim.twin.dispatch import to_schedule_request
+from derim.twin.anomaly_model import Anomaly
+from derim.twin.scenario import Scenario, SimulationResult
 from derim.twin.service import TrainingJob, TrainRequest
-from derim.twin.simulate import Scenario, SimulationResult, scenario_from_forecasts, simulate
 from derim.twin.store import ModelInfo
-from derim.twin.timeseries import MAX_HORIZON, duration_text, parse_duration
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 router = APIRouter(tags=["twin"])
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -105,6 +108,8 @@ async def get_forecast(
     field: FieldQuery = "power_kw",
 ) -> ForecastResponse:
     """Forecast a device's field from now with P10/P50/P90; 404 until a model is trained."""
+    from derim.twin.timeseries import duration_text
+
     ahead = _duration(horizon, "horizon")
     forecast, info = await services.twin.forecast(device_id, field, ahead, model)
     points = [
@@ -180,6 +185,8 @@ async def list_anomalies(
 @router.post("/api/v1/twin/simulate")
 async def run_simulation(body: Scenario, caller: Viewer) -> SimulationResult:
     """What-if on given series: PV, curtailment, battery and EV changes; net load and SoC."""
+    from derim.twin.simulate import simulate
+
     return await asyncio.to_thread(simulate, body)
 
 
@@ -189,6 +196,9 @@ async def run_what_if(
 ) -> SimulationResult:
     """What-if on the devices' served forecasts: the load device's consumption (the negated
     ``power_kw`` of a meter, as delivered-to-grid is positive) and the PV device's output."""
+    from derim.twin.base import Forecast
+    from derim.twin.simulate import scenario_from_forecasts, simulate
+
     horizon = _duration(body.horizon, "horizon")
     load, _ = await services.twin.forecast(body.load_device_id, "power_kw", horizon, None)
     pv = None
@@ -208,6 +218,9 @@ async def dispatch_battery(
 ) -> DispatchResponse:
     """Simulate the scenario's battery strategy (e.g. ``optimise``) and turn its power into a
     schedule for ``device_id``; with ``send`` the schedule is created like POST /schedules."""
+    from derim.twin.dispatch import to_schedule_request
+    from derim.twin.simulate import simulate
+
     if body.scenario.battery is None:
         raise InvalidRequestError("scenario.battery", "a dispatch needs a battery")
     services.registry.get(body.device_id)
@@ -234,6 +247,8 @@ def _first_error(exc: ValidationError) -> str:
 
 def _duration(text: str, name: str) -> pd.Timedelta:
     """A duration parameter of at most 168 h; 422 naming it when it is not one."""
+    from derim.twin.timeseries import MAX_HORIZON, parse_duration
+
     try:
         value = parse_duration(text, name)
     except TwinError as exc:
