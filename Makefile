@@ -27,8 +27,8 @@ servers:
 	bash scripts/ensure-test-servers.sh
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks examples docs/hooks
-	$(BIN)/ruff format --check src tests benchmarks examples docs/hooks
+	$(BIN)/ruff check src tests benchmarks examples docs/hooks notebooks
+	$(BIN)/ruff format --check src tests benchmarks examples docs/hooks notebooks
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict src
