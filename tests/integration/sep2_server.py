@@ -95,6 +95,14 @@ def lfdi_of(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()[:40].upper()
 
 
+def sfdi_of(lfdi: str) -> int:
+    """The SFDI of an LFDI (§6.3.4): its first 36 bits in decimal and a check digit that brings
+    the digit sum to a multiple of ten (the server's own computation)."""
+    digits = str(int(lfdi[:9], 16))
+    check = -sum(map(int, digits)) % 10
+    return int(digits) * 10 + check
+
+
 @dataclass
 class Program:
     """A DER program the server offers every EndDevice."""
@@ -144,6 +152,8 @@ class Sep2Server:
         """Why a body (either way) failed the XSD."""
         self.peers: set[str] = set()
         """LFDIs of the client certificates seen."""
+        self.lfdi_listed = True
+        """Whether EndDevices are listed with their lFDI (else with their sFDI alone)."""
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -212,7 +222,8 @@ class Sep2Server:
     async def _end_devices(self, request: web.Request) -> web.Response:
         devices = [
             EndDeviceResponse(
-                href=f"/edev/{i}", lFDI=lfdi, sFDI=int(lfdi[:9], 16), changedTime=0,
+                href=f"/edev/{i}", lFDI=lfdi if self.lfdi_listed else None,
+                sFDI=sfdi_of(lfdi), changedTime=0,
                 FunctionSetAssignmentsListLink=ListLink(href=f"/edev/{i}/fsa", all_=1),
                 DERListLink=ListLink(href=f"/edev/{i}/der", all_=1))
             for i, lfdi in enumerate(self.lfdis)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from envoy_schema.server.schema.sep2.der import (
+    ActivePower,
     DERControlBase,
     DERSettings,
     DERStatus,
@@ -30,13 +31,20 @@ from envoy_schema.server.schema.sep2.response import ResponseType
 from pydantic import ValidationError
 from sep2_server import Pki, Program, Sep2Server, client_certificate, der_control, make_pki
 
-from async_helpers import until_async
+from async_helpers import until, until_async
 from derim.config import load_settings
 from derim.errors import TransportError
+from derim.grid.fleet import FleetAccess
 from derim.grid.sep2.client import Sep2Link
 from derim.grid.sep2.config import EndDeviceMapping, Sep2Config, lfdi_of_pem
 from derim.grid.sep2.reports import PlainDERCapability
-from derim.models.command import CommandResult, CommandStatus, CommandType
+from derim.models.command import (
+    FINAL_STATUSES,
+    CommandRequest,
+    CommandResult,
+    CommandStatus,
+    CommandType,
+)
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice, ModbusConnection
 from derim.services import Services, running_services
@@ -64,8 +72,14 @@ class Rig:
         }  # fmt: skip
         return Sep2Config.model_validate(fields | changes)
 
-    def link(self, clock: Callable[[], float] = time.time, **changes: object) -> Sep2Link:
-        return Sep2Link(self.config(**changes), self.services.fleet_access(), clock=clock)
+    def link(
+        self,
+        clock: Callable[[], float] = time.time,
+        fleet: FleetAccess | None = None,
+        **changes: object,
+    ) -> Sep2Link:
+        fleet = fleet or self.services.fleet_access()
+        return Sep2Link(self.config(**changes), fleet, clock=clock)
 
     async def commands(self) -> list[CommandResult]:
         """The inverter's commands from the sep2 link, oldest first."""
@@ -200,7 +214,8 @@ async def test_run_applies_the_default_control_when_no_event_is_active(rig: Rig)
     link = rig.link()
     task = asyncio.create_task(link.run())
     try:
-        await until_async(lambda: _has_commands(rig))
+        await until_async(lambda: _has_final_command(rig))
+        await until(lambda: bool(rig.answers()))
     finally:
         await cancel_and_wait(task)
         await link.aclose()
@@ -211,8 +226,8 @@ async def test_run_applies_the_default_control_when_no_event_is_active(rig: Rig)
     assert rig.server.invalid == []
 
 
-async def _has_commands(rig: Rig) -> bool:
-    return bool(await rig.commands())
+async def _has_final_command(rig: Rig) -> bool:
+    return any(record.status in FINAL_STATUSES for record in await rig.commands())
 
 
 async def test_reports_der_resources_and_mirrored_readings(rig: Rig) -> None:
@@ -221,10 +236,11 @@ async def test_reports_der_resources_and_mirrored_readings(rig: Rig) -> None:
     the server finds each body valid; the unmapped EndDevice gets nothing."""
     fleet = rig.services.fleet_access()
     await until_async(lambda: _has_power(rig))
-    link = rig.link(post_interval_s=0.001)
+    moment = time.time()
+    link = rig.link(clock=lambda: moment, post_interval_s=60)
     try:
         await link.poll_once()
-        await asyncio.sleep(0.01)
+        moment += 60
         await link.poll_once()
     finally:
         await link.aclose()
@@ -275,3 +291,117 @@ async def test_a_client_without_a_trusted_certificate_is_refused(rig: Rig, tmp_p
     assert await rig.commands() == []
     with pytest.raises(ValidationError, match="https"):
         rig.config(server_url=f"http://127.0.0.1:{rig.server.port}")
+
+
+async def test_an_event_a_device_cannot_carry_out_is_rejected(rig: Rig) -> None:
+    """An opModTargetW of 20 kW for the 8 kW inverter is refused by the control layer: the event
+    is answered 252 (rejected, control parameter not applicable), never "event started", while
+    its 50 % limit, which the inverter took, stays applied."""
+    now = int(time.time())
+    base = DERControlBase(opModMaxLimW=5000, opModTargetW=ActivePower(value=20000, multiplier=0))
+    event = der_control("E" * 32, base, now - 10, 600, created=now - 20, status=1)
+    rig.server.programs.append(Program("export", primacy=1, controls=[event]))
+    link = rig.link()
+    try:
+        await link.poll_once()
+        await link.poll_once()
+    finally:
+        await link.aclose()
+    (limited,) = await rig.commands()
+    assert limited.request.command is CommandType.SET_POWER_LIMIT
+    assert limited.status is CommandStatus.ACKNOWLEDGED, limited.message
+    assert rig.answers() == [
+        ("E" * 32, ResponseType.EVENT_RECEIVED),
+        ("E" * 32, ResponseType.REJECTED_CONTROL_PARAM_NOT_APPLICABLE),
+    ]
+    assert rig.server.invalid == []
+
+
+async def test_a_command_still_under_way_is_not_sent_again(rig: Rig) -> None:
+    """A command the control layer reports ``sent`` (the device has not answered yet) is held:
+    the next poll does not send it again, and the event counts as started."""
+    now = int(time.time())
+    event = der_control("F" * 32, limit(50), now - 10, 600, created=now - 20, status=1)
+    rig.server.programs.append(Program("curtail", primacy=1, controls=[event]))
+    real = rig.services.fleet_access()
+    asked: list[CommandRequest] = []
+
+    async def slow_device(device_id: str, request: CommandRequest) -> CommandResult:
+        asked.append(request)
+        return CommandResult(device_id=device_id, request=request, status=CommandStatus.SENT)
+
+    link = rig.link(fleet=FleetAccess(slow_device, real.devices, real.latest))
+    try:
+        await link.poll_once()
+        await link.poll_once()
+    finally:
+        await link.aclose()
+    assert [(r.command, r.value) for r in asked] == [(CommandType.SET_POWER_LIMIT, 4.0)]
+    assert [status for _, status in rig.answers()] == [
+        ResponseType.EVENT_RECEIVED,
+        ResponseType.EVENT_STARTED,
+    ]
+
+
+async def test_a_superseded_event_stays_ended_when_the_newer_one_ends(rig: Rig) -> None:
+    """A newer same-primacy event supersedes an older overlapping one for good: when the newer
+    one is over the older one is not applied again (the limit is cleared) and it is never
+    answered "event started" a second time."""
+    now = int(time.time())
+    older = der_control("A" * 32, limit(50), now - 10, 600, created=now - 20, status=1)
+    newer = der_control("B" * 32, limit(25), now - 5, 60, created=now - 5, status=1)
+    rig.server.programs.append(Program("curtail", primacy=1, controls=[older, newer]))
+    offset = 0.0
+    link = rig.link(clock=lambda: time.time() + offset)
+    try:
+        await link.poll_once()
+        offset = 120.0
+        await link.poll_once()
+    finally:
+        await link.aclose()
+    sent = [(r.request.command, r.request.value) for r in await rig.commands()]
+    assert sent == [(CommandType.SET_POWER_LIMIT, 2.0), (CommandType.CLEAR_POWER_LIMIT, None)]
+    assert [status for mrid, status in rig.answers() if mrid == "A" * 32] == [
+        ResponseType.EVENT_RECEIVED,
+        ResponseType.EVENT_SUPERSEDED,
+    ]
+
+
+async def test_an_end_device_listed_by_sfdi_alone_is_the_clients_own(rig: Rig) -> None:
+    """A server that lists EndDevices by sFDI only: the one with the client's SFDI is the
+    client's own site (its events are carried out and answered with the client's LFDI); the
+    other site is left alone."""
+    rig.server.lfdi_listed = False
+    now = int(time.time())
+    event = der_control("D" * 32, limit(50), now - 10, 600, created=now - 20, status=1)
+    rig.server.programs.append(Program("curtail", primacy=1, controls=[event]))
+    link = rig.link()
+    try:
+        await link.poll_once()
+    finally:
+        await link.aclose()
+    (applied,) = await rig.commands()
+    assert (applied.request.value, applied.status) == (4.0, CommandStatus.ACKNOWLEDGED)
+    assert {ControlAnswer.from_xml(b).endDeviceLFDI for b in rig.server.bodies("/rsps/1/rsp")} == {
+        rig.lfdi
+    }
+    assert rig.server.bodies("/edev/0/der/1/ders") == []
+    assert rig.server.invalid == []
+
+
+async def test_state_tells_what_the_link_is_doing(rig: Rig) -> None:
+    """``state`` says "discovering" before the first poll, how many programs it follows after
+    one, and that the server is unreachable once it stops answering."""
+    rig.server.programs.append(Program("curtail", primacy=1, default=limit(80)))
+    rig.server.programs.append(Program("market", primacy=2))
+    link = rig.link()
+    try:
+        assert link.state == "discovering"
+        await link.poll_once()
+        assert link.state == "following 2 programs for 1 EndDevice"
+        await rig.server.stop()
+        with pytest.raises(TransportError):
+            await link.poll_once()
+    finally:
+        await link.aclose()
+    assert link.state.startswith("server unreachable: sep2 GET /dcap")

@@ -197,3 +197,40 @@ def test_percent_limits_use_each_rating_and_watts_are_shared_by_rating() -> None
     assert plan["small"][Channel.POWER_FACTOR].value == -0.95
     unrated = commands_for({"opModMaxLimW": 25.0}, [pv("x", None)])["x"][Channel.LIMIT]
     assert (unrated.value, unrated.unit) == (25.0, "%")
+
+
+def test_a_superseded_event_stays_superseded_when_the_newer_one_ends() -> None:
+    """Supersession within one primacy is final: once the newer event is over, the older one
+    (still inside its window) does not come back; the resolution carries the memory."""
+    old = event("OLD", duration=1200)
+    new = event("NEW", creation_time=T0 + 5, start=T0 + 100, duration=60)
+    during = resolve([old, new], [], T0 + 120)
+    assert during.phases["OLD"] is Phase.SUPERSEDED
+    assert during.superseded == {"OLD"}
+    after = resolve([old, new], [], T0 + 200, superseded=during.superseded)
+    assert after.phases == {"OLD": Phase.SUPERSEDED, "NEW": Phase.COMPLETED}
+    assert after.modes == {}
+    assert after.superseded == {"OLD"}
+
+
+def test_an_event_overridden_by_another_primacy_resumes() -> None:
+    """Across primacies the rule holds per instant: an event overridden by a lower-primacy
+    program's event is in force again once that event ends, and is not remembered."""
+    market = event("MKT", primacy=2, duration=1200)
+    utility = event("UTIL", primacy=0, start=T0 + 100, duration=60, modes={"opModMaxLimW": 10.0})
+    during = resolve([market, utility], [], T0 + 120)
+    assert during.phases["MKT"] is Phase.SUPERSEDED
+    assert during.superseded == frozenset()
+    after = resolve([market, utility], [], T0 + 200, superseded=during.superseded)
+    assert after.phases["MKT"] is Phase.ACTIVE
+    assert after.modes["opModMaxLimW"].mrid == "MKT"
+
+
+def test_a_cancelled_event_is_not_remembered_as_superseded() -> None:
+    """The memory holds only events still listed: a superseded event the server drops (or
+    cancels) leaves it."""
+    old = event("OLD", duration=1200)
+    cancelled = replace(old, status=EventStatus.CANCELLED, status_time=T0 + 150)
+    resolution = resolve([cancelled], [], T0 + 200, superseded=frozenset({"OLD", "GONE"}))
+    assert resolution.phases["OLD"] is Phase.CANCELLED
+    assert resolution.superseded == frozenset()

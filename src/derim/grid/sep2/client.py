@@ -2,6 +2,12 @@
 applies the controls in force to the mapped DERIM devices through the control layer (source
 ``sep2``, ``expires_at`` = the event's end), answers events with Responses, and reports each
 site's DERCapability, DERSettings, DERStatus and mirrored readings.
+
+An event is answered "event started" only once every command it caused was acknowledged by its
+device (or is still under way in the control layer); when a device refused or failed one, or no
+mapped device can carry out its modes, it is answered 252 (IEEE 2030.5-2018 Table 27: "Rejected -
+control parameter not applicable", the only rejection that fits a device that cannot comply)
+and the link tries the commands again at each poll, answering "event started" once they succeed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from envoy_schema.server.schema.sep2.end_device import EndDeviceResponse
 from envoy_schema.server.schema.sep2.response import DERControlResponse as ControlAnswer
 from envoy_schema.server.schema.sep2.response import ResponseType
 
-from derim.errors import DerimError, ProtocolError
+from derim.adapters.base import Backoff
+from derim.errors import DerimError, ProtocolError, TransportError
 from derim.grid.fleet import FleetAccess, submit_each
 from derim.grid.sep2 import reports
 from derim.grid.sep2.config import EndDeviceMapping, Sep2Config, sfdi_of
@@ -34,7 +41,7 @@ from derim.grid.sep2.controls import (
 )
 from derim.grid.sep2.events import Phase, Resolution, resolve
 from derim.grid.sep2.resources import Sep2Http, Site, discover
-from derim.models.command import CommandRequest
+from derim.models.command import CommandRequest, CommandStatus
 from derim.models.device import DERDevice
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,10 @@ _ANSWERS = {
     Phase.CANCELLED: ResponseType.EVENT_CANCELLED,
     Phase.SUPERSEDED: ResponseType.EVENT_SUPERSEDED,
 }
+REJECTED = ResponseType.REJECTED_CONTROL_PARAM_NOT_APPLICABLE
+"""Table 27 status 252: the event was not (or not wholly) carried out."""
+UNDER_WAY = frozenset({CommandStatus.ACKNOWLEDGED, CommandStatus.SENT})
+"""Command outcomes taken as carried out: a ``sent`` command is completed by the control layer."""
 RECEIPT = 0x01
 """responseRequired bit: answer "event received"."""
 SPECIFIC = 0x02
@@ -74,15 +85,22 @@ class Sep2Link:
         self._clock = clock
         self.lfdi = config.lfdi()
         self.sfdi = sfdi_of(self.lfdi)
+        self.state = "discovering"
+        """What the link is doing, for health: discovering, following programs, or why not."""
         self._http = Sep2Http(config, transport)
+        self._backoff = Backoff(initial_s=config.poll_interval_s, max_s=MAX_BACKOFF_S)
         self._held: dict[str, dict[Channel, Held]] = {}
         self._answered: dict[tuple[str, str], set[ResponseType]] = {}
+        self._superseded: dict[str, frozenset[str]] = {}
         self._mirrors: dict[str, str] = {}
         self._next_report = 0.0
         self._next_change: int | None = None
 
     async def run(self) -> None:
         """Poll until cancelled; a failed poll is logged and retried with capped backoff."""
+        log.info(
+            "sep2 client LFDI %s (SFDI %d) polls %s", self.lfdi, self.sfdi, self._config.base_url
+        )
         failures = 0
         while True:
             try:
@@ -95,16 +113,27 @@ class Sep2Link:
 
     def _wait(self, failures: int) -> float:
         """Seconds to the next poll: the poll interval, sooner when an event starts or ends,
-        longer (doubling, capped) after failures."""
-        interval = self._config.poll_interval_s
+        longer (``Backoff``: doubling, capped, jittered) after failures."""
         if failures:
-            return min(interval * 2.0 ** (failures - 1), MAX_BACKOFF_S)
+            return self._backoff.delay(failures)
+        interval = self._config.poll_interval_s
         if self._next_change is not None:
             interval = min(interval, float(self._next_change - self._clock()))
         return max(interval, MIN_WAIT_S)
 
     async def poll_once(self) -> None:
-        """Read the server once, apply the controls in force, answer, report when due."""
+        """Read the server once, apply the controls in force, answer, report when due; ``state``
+        says how it went."""
+        try:
+            await self._poll()
+        except TransportError as exc:
+            self.state = f"server unreachable: {exc}"
+            raise
+        except DerimError as exc:
+            self.state = f"poll failed: {exc}"
+            raise
+
+    async def _poll(self) -> None:
         moment = self._clock()
         now = int(moment)
         dcap, sites = await discover(self._http, self._config.dcap_path, self._is_ours)
@@ -114,6 +143,7 @@ class Sep2Link:
             if resolution.next_change is not None:
                 changes.append(resolution.next_change)
         self._next_change = min(changes, default=None)
+        self.state = _following(sites)
         if moment >= self._next_report:
             await self._report(dcap, sites, now)
             self._next_report = moment + self._config.post_interval_s
@@ -122,12 +152,20 @@ class Sep2Link:
         """Close the connection to the server."""
         await self._http.aclose()
 
+    def _lfdi_of(self, end_device: EndDeviceResponse) -> str | None:
+        """The EndDevice's LFDI; a server that gives only the sFDI names the client's own
+        EndDevice when it is the client's SFDI."""
+        if end_device.lFDI is not None:
+            return end_device.lFDI
+        return self.lfdi if end_device.sFDI == self.sfdi else None
+
     def _is_ours(self, end_device: EndDeviceResponse) -> bool:
-        return self._config.mapping_for(end_device.lFDI, self.lfdi) is not None
+        return self._config.mapping_for(self._lfdi_of(end_device), self.lfdi) is not None
 
     def _mapping(self, site: Site) -> EndDeviceMapping:
-        mapping = self._config.mapping_for(site.end_device.lFDI, self.lfdi)
-        assert mapping is not None, "discover() keeps only mapped EndDevices"
+        mapping = self._config.mapping_for(self._lfdi_of(site.end_device), self.lfdi)
+        if mapping is None:
+            raise ProtocolError(f"sep2 EndDevice {site.end_device.href} is not mapped")
         return mapping
 
     def _devices(self, mapping: EndDeviceMapping) -> list[DERDevice]:
@@ -145,7 +183,7 @@ class Sep2Link:
 
     async def _apply(self, site: Site, now: int) -> Resolution:
         """Carry out the site's controls in force and answer its events."""
-        lfdi = site.end_device.lFDI or self.lfdi
+        lfdi = self._lfdi_of(site.end_device) or self.lfdi
         controls: dict[str, DERControlResponse] = {}
         events = []
         for program in site.programs:
@@ -162,31 +200,53 @@ class Sep2Link:
             for program in site.programs
             if program.default is not None
         ]
-        resolution = resolve(events, defaults, now, seed=f"{self.lfdi}/{lfdi}")
+        resolution = resolve(
+            events,
+            defaults,
+            now,
+            seed=f"{self.lfdi}/{lfdi}",
+            superseded=self._superseded.get(lfdi, frozenset()),
+        )
+        self._superseded[lfdi] = resolution.superseded
         devices = self._devices(self._mapping(site))
         plan = commands_for({mode: a.value for mode, a in resolution.modes.items()}, devices)
+        carried: set[str] = set()
+        failed: set[str] = set()
         for device in devices:
-            await self._steer(device.id, plan.get(device.id, {}), resolution)
-        await self._answer(lfdi, controls, resolution, now)
+            wanted = plan.get(device.id, {})
+            missed = await self._steer(device.id, wanted, resolution)
+            for channel in wanted:
+                sources = _sources(channel, resolution)
+                carried |= sources
+                if channel in missed:
+                    failed |= sources
+        await self._answer(lfdi, controls, resolution, now, carried - failed)
         return resolution
 
     async def _steer(
         self, device_id: str, wanted: dict[Channel, Setpoint], resolution: Resolution
-    ) -> None:
-        """Send what changed on each channel of one device; release channels no longer set."""
+    ) -> set[Channel]:
+        """Send what changed on each channel of one device; release channels no longer set.
+        The wanted channels the device did not take (tried again at the next poll)."""
         held = self._held.setdefault(device_id, {})
+        missed: set[Channel] = set()
         for channel, setpoint in wanted.items():
             expires = _expiry(channel, resolution)
-            changed = held.get(channel) != (setpoint, expires)
-            if changed and await self._submit(device_id, setpoint, expires):
+            if held.get(channel) == (setpoint, expires):
+                continue
+            if await self._submit(device_id, setpoint, expires):
                 held[channel] = (setpoint, expires)
+            else:
+                missed.add(channel)
         for channel in [c for c in held if c not in wanted]:
             release = RELEASE.get(channel)
             if release is None or await self._submit(device_id, release, None):
                 del held[channel]
+        return missed
 
     async def _submit(self, device_id: str, setpoint: Setpoint, expires: int | None) -> bool:
-        """One command through the control layer; whether the device acknowledged it."""
+        """One command through the control layer; whether the device acknowledged it or the
+        control layer still has it under way (``sent``: it completes the record itself)."""
         request = CommandRequest(
             command=setpoint.command,
             value=setpoint.value,
@@ -195,18 +255,23 @@ class Sep2Link:
             expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
         )
         (outcome,) = await submit_each(self._fleet, [device_id], request)
-        if not outcome.acknowledged:
+        taken = outcome.result is not None and outcome.result.status in UNDER_WAY
+        if not taken:
             status = outcome.describe()
-            log.info(
-                "sep2 %s on %s not acknowledged: %s", setpoint.command.value, device_id, status
-            )
-        return outcome.acknowledged
+            log.info("sep2 %s on %s not carried out: %s", setpoint.command.value, device_id, status)
+        return taken
 
     async def _answer(
-        self, lfdi: str, controls: dict[str, DERControlResponse], resolution: Resolution, now: int
+        self,
+        lfdi: str,
+        controls: dict[str, DERControlResponse],
+        resolution: Resolution,
+        now: int,
+        carried_out: set[str],
     ) -> None:
         """Post the Responses each event asks for (responseRequired) that are not yet sent; one
-        that cannot be delivered is tried again at the next poll."""
+        that cannot be delivered is tried again at the next poll. An active event not in
+        ``carried_out`` is answered ``REJECTED``."""
         for key in [k for k in self._answered if k[0] == lfdi and k[1] not in controls]:
             del self._answered[key]
         for mrid, control in controls.items():
@@ -218,6 +283,8 @@ class Sep2Link:
             if required & RECEIPT:
                 due.append(ResponseType.EVENT_RECEIVED)
             answer = _ANSWERS.get(resolution.phases[mrid])
+            if answer is ResponseType.EVENT_STARTED and mrid not in carried_out:
+                answer = REJECTED
             completed = answer is ResponseType.EVENT_COMPLETED
             if (
                 required & SPECIFIC
@@ -226,6 +293,10 @@ class Sep2Link:
             ):
                 due.append(answer)
             for status in [s for s in due if s not in sent]:
+                if status is REJECTED:
+                    log.warning(
+                        "sep2 event %s rejected (252): not carried out on every device", mrid
+                    )
                 body = ControlAnswer(
                     createdDateTime=now, endDeviceLFDI=lfdi, status=status, subject=mrid
                 )
@@ -245,7 +316,7 @@ class Sep2Link:
                 log.warning("sep2 report of %s failed: %s", site.end_device.href, exc)
 
     async def _report_site(self, dcap: DeviceCapabilityResponse, site: Site, now: int) -> None:
-        lfdi = site.end_device.lFDI or self.lfdi
+        lfdi = self._lfdi_of(site.end_device) or self.lfdi
         mapping = self._mapping(site)
         devices = self._devices(mapping)
         readings = await self._fleet.latest([d.id for d in devices])
@@ -277,6 +348,23 @@ class Sep2Link:
             return
         for reading in mirrored:
             await self._http.send("POST", self._mirrors[lfdi], reading)
+
+
+def _following(sites: list[Site]) -> str:
+    """The link's state after a good poll: how many programs it follows, for how many sites."""
+    if not sites:
+        return "no mapped EndDevice on the server"
+    programs = sum(len(site.programs) for site in sites)
+    return f"following {_count(programs, 'program')} for {_count(len(sites), 'EndDevice')}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _sources(channel: Channel, resolution: Resolution) -> set[str]:
+    """The events (and defaults) whose modes a channel's setpoint is made from (mRIDs)."""
+    return {resolution.modes[m].mrid for m in CHANNEL_MODES[channel] if m in resolution.modes}
 
 
 def _expiry(channel: Channel, resolution: Resolution) -> int | None:

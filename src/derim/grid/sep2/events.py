@@ -14,7 +14,12 @@ Rules applied (IEEE 2030.5-2018 §10.2 events and §12.1 DER function set):
 - Each control mode (``opModMaxLimW``, ``opModConnect``, ...) is resolved on its own. Among the
   active events carrying a mode, the program with the lowest ``primacy`` value wins; within one
   primacy the later ``creationTime`` supersedes the earlier one; the mRID breaks exact ties.
-- An active event that wins none of its modes is superseded (the client's own view).
+- An active event that wins none of its modes is superseded (the client's own view). Lost to a
+  newer event of its own primacy, it is superseded for good: it stays terminated when the newer
+  event ends (§10.2.3: within one primacy the later ``creationTime`` supersedes the older event;
+  the Superseded ``EventStatus`` of the XSD: the client terminates it and runs the new one).
+  Lost only to events of other primacies, it is superseded at that instant only and resumes when
+  they end.
 - A mode no active event sets comes from the ``DefaultDERControl`` of the program with the
   lowest primacy that carries it; defaults have no end.
 """
@@ -86,12 +91,14 @@ class Applied:
 
 @dataclass(frozen=True)
 class Resolution:
-    """Every mode in force at an instant, each event's phase then, and the next instant (s) an
-    event starts or ends (None when none will)."""
+    """Every mode in force at an instant, each event's phase then, the next instant (s) an event
+    starts or ends (None when none will) and the events superseded for good (mRIDs), to be
+    passed to the next ``resolve``."""
 
     modes: dict[str, Applied] = field(default_factory=dict)
     phases: dict[str, Phase] = field(default_factory=dict)
     next_change: int | None = None
+    superseded: frozenset[str] = frozenset()
 
 
 def randomized_offset(bound: int, seed: str) -> int:
@@ -140,30 +147,38 @@ def resolve(
     defaults: Sequence[DefaultControl],
     now: int,
     seed: str = "",
+    superseded: frozenset[str] = frozenset(),
 ) -> Resolution:
-    """The modes in force at ``now`` and each event's phase, under the rules above."""
+    """The modes in force at ``now`` and each event's phase, under the rules above;
+    ``superseded`` are the events an earlier resolution superseded for good."""
     phases: dict[str, Phase] = {}
     active: list[tuple[ControlEvent, int]] = []
     changes: list[int] = []
+    final: set[str] = set()
     for event in events:
         phase, end = _scheduled_phase(event, now, seed)
+        if event.mrid in superseded and phase is not Phase.CANCELLED:
+            phase = Phase.SUPERSEDED
+            final.add(event.mrid)
         phases[event.mrid] = phase
         if phase is Phase.ACTIVE:
             active.append((event, end))
             changes.append(end)
         elif phase is Phase.SCHEDULED:
             changes.append(effective_window(event, seed)[0])
-    resolution = Resolution(phases=phases, next_change=min(changes, default=None))
-    winners: set[str] = set()
+    modes: dict[str, Applied] = {}
+    winners: dict[str, ControlEvent] = {}
     for event, end in sorted(active, key=lambda pair: _precedence(pair[0])):
         for mode, value in event.modes.items():
-            if mode not in resolution.modes:
-                resolution.modes[mode] = Applied(value, event.mrid, end)
-                winners.add(event.mrid)
+            if mode not in modes:
+                modes[mode] = Applied(value, event.mrid, end)
+                winners[mode] = event
     for event, _ in active:
-        if event.modes and event.mrid not in winners:
-            resolution.phases[event.mrid] = Phase.SUPERSEDED
+        if event.modes and all(winners[mode] is not event for mode in event.modes):
+            phases[event.mrid] = Phase.SUPERSEDED
+            if any(winners[mode].primacy == event.primacy for mode in event.modes):
+                final.add(event.mrid)
     for default in sorted(defaults, key=lambda d: (d.primacy, d.mrid)):
         for mode, value in default.modes.items():
-            resolution.modes.setdefault(mode, Applied(value, default.mrid, None))
-    return resolution
+            modes.setdefault(mode, Applied(value, default.mrid, None))
+    return Resolution(modes, phases, min(changes, default=None), frozenset(final))

@@ -114,25 +114,59 @@ _INVERTER_STATUS = {
     OperatingState.FAULT: InverterStatusType.ONE_OR_MORE_FAULTS,
     OperatingState.STANDBY: InverterStatusType.STANDBY,
 }
-_RUNNING = {OperatingState.ON, OperatingState.THROTTLED, OperatingState.CHARGING}
-_RUNNING |= {OperatingState.DISCHARGING}
+_RUNNING = {
+    OperatingState.ON,
+    OperatingState.THROTTLED,
+    OperatingState.CHARGING,
+    OperatingState.DISCHARGING,
+}
+"""States in which a device delivers or takes power (ConnectStatus Operating)."""
+_CONNECTED = _RUNNING | {
+    OperatingState.SLEEPING,
+    OperatingState.STARTING,
+    OperatingState.SHUTTING_DOWN,
+    OperatingState.IDLE,
+}
+"""States of a device connected to the grid; off, standby (what a disconnect command leaves an
+inverter in) and fault are not."""
+_UNAVAILABLE = {OperatingState.OFF, OperatingState.FAULT}
+"""States of a device that could not operate if asked."""
+
+
+def connect_status(states: Sequence[OperatingState]) -> ConnectStatusType | None:
+    """The site's ConnectStatus from its devices' known states: connected, available and
+    operating when any device is, fault when any device is; None without a known state."""
+    known = [state for state in states if state is not OperatingState.UNKNOWN]
+    if not known:
+        return None
+    status = ConnectStatusType(0)
+    if any(state in _CONNECTED for state in known):
+        status |= ConnectStatusType.CONNECTED
+    if any(state not in _UNAVAILABLE for state in known):
+        status |= ConnectStatusType.AVAILABLE
+    if any(state in _RUNNING for state in known):
+        status |= ConnectStatusType.OPERATING
+    if OperatingState.FAULT in known:
+        status |= ConnectStatusType.FAULT_ERROR
+    return status
 
 
 def status(readings: Mapping[str, Fields], now: int) -> DERStatus:
-    """The site's DERStatus from its devices' latest readings (first device's state rules)."""
+    """The site's DERStatus from its devices' latest readings (the first device with a known
+    state gives inverterStatus); what no reading tells is left out."""
     states = [
         OperatingState(str(r["state"])) for r in readings.values() if r.get("state") is not None
     ]
     socs = [
         float(str(r["soc_percent"])) for r in readings.values() if r.get("soc_percent") is not None
     ]
-    connected = ConnectStatusType.CONNECTED | ConnectStatusType.AVAILABLE
-    if any(state in _RUNNING for state in states):
-        connected |= ConnectStatusType.OPERATING
+    connected = connect_status(states)
     inverter = next((_INVERTER_STATUS[s] for s in states if s in _INVERTER_STATUS), None)
     return DERStatus(
         readingTime=now,
-        genConnectStatus=ConnectStatusTypeValue(dateTime=now, value=f"{int(connected):02X}"),
+        genConnectStatus=None
+        if connected is None
+        else ConnectStatusTypeValue(dateTime=now, value=f"{int(connected):02X}"),
         inverterStatus=None
         if inverter is None
         else InverterStatusTypeValue(dateTime=now, value=inverter),

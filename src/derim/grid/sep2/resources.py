@@ -76,6 +76,14 @@ def render(resource: pydantic_xml.BaseXmlModel) -> bytes:
     return body if isinstance(body, bytes) else body.encode()
 
 
+@dataclass(frozen=True)
+class _Reply:
+    """A response's body and ``Location`` header."""
+
+    body: bytes
+    location: str | None
+
+
 class Sep2Http:
     """An httpx client bound to one 2030.5 server, presenting the client certificate."""
 
@@ -98,29 +106,44 @@ class Sep2Http:
         self, href: str, model: type[Model], params: dict[str, int] | None = None
     ) -> Model:
         """GET ``href`` and parse it as ``model``."""
-        response = await self._request("GET", href, params=params)
-        return parse(model, response.content)
+        reply = await self._request("GET", href, params=params)
+        return parse(model, reply.body)
 
     async def send(self, method: str, href: str, resource: pydantic_xml.BaseXmlModel) -> str | None:
         """POST or PUT ``resource`` to ``href``; the ``Location`` of a created resource."""
-        response = await self._request(
+        reply = await self._request(
             method, href, content=render(resource), headers={"Content-Type": SEP_XML}
         )
-        location: str | None = response.headers.get("Location")
-        return location
+        return reply.location
 
-    async def _request(self, method: str, href: str, **kwargs: object) -> httpx.Response:
+    async def _request(self, method: str, href: str, **kwargs: object) -> _Reply:
+        """Send a request and read its body, stopping (``ProtocolError``) as soon as the body
+        runs over ``max_body_bytes``: a larger body is never held in memory."""
+        request = self._client.build_request(method, href, **kwargs)  # type: ignore[arg-type]
         try:
-            response = await self._client.request(method, href, **kwargs)  # type: ignore[arg-type]
+            response = await self._client.send(request, stream=True)
+            try:
+                if response.status_code >= 500:
+                    raise TransportError(f"sep2 {method} {href}: HTTP {response.status_code}")
+                if response.status_code >= 400:
+                    raise DeviceRejected(f"sep2 {method} {href}: HTTP {response.status_code}")
+                body = await self._capped_body(response, f"sep2 {method} {href}")
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise TransportError(f"sep2 {method} {href}: {exc!r}") from exc
-        if response.status_code >= 500:
-            raise TransportError(f"sep2 {method} {href}: HTTP {response.status_code}")
-        if response.status_code >= 400:
-            raise DeviceRejected(f"sep2 {method} {href}: HTTP {response.status_code}")
-        if len(response.content) > self._max_body:
-            raise ProtocolError(f"sep2 {method} {href}: body over {self._max_body} bytes")
-        return response
+        return _Reply(body, response.headers.get("Location"))
+
+    async def _capped_body(self, response: httpx.Response, what: str) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._max_body:
+            raise ProtocolError(f"{what}: body of {declared} bytes, over {self._max_body}")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > self._max_body:
+                raise ProtocolError(f"{what}: body over {self._max_body} bytes")
+        return bytes(body)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
