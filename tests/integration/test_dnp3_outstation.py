@@ -16,7 +16,7 @@ import pytest
 from dnp3_master import COMM_LOST, ONLINE, Master, Points, crob, setpoint
 from influxd import free_ports
 
-from async_helpers import until_async
+from async_helpers import until, until_async
 from derim.config import load_settings
 from derim.errors import TransportError
 from derim.grid.dnp3.config import Dnp3Config
@@ -134,17 +134,30 @@ async def scan_until(master: Master, holds: Callable[[Points], bool]) -> Points:
     return points
 
 
+async def stored_analogs(services: Services) -> dict[int, tuple[float, int]]:
+    """What analog inputs 0-2 carry once refreshed from the store's latest readings: the PV's
+    power (W), the site group's sum (W) and the battery's SoC (0.1 %)."""
+    pv_kw = await latest(services, "pv", "power_kw")
+    bat_kw = await latest(services, "bat", "power_kw")
+    soc = await latest(services, "bat", "soc_percent")
+    return {
+        0: (round(pv_kw * 1000), ONLINE),
+        1: (round((pv_kw + bat_kw) * 1000), ONLINE),
+        2: (round(soc * 10), ONLINE),
+    }
+
+
 async def test_master_reads_stored_telemetry_with_its_quality(site: Site) -> None:
     """Analog inputs carry the stored power (W), the group's sum and the SoC (0.1 %); binary
     inputs say the PV is online and connected; the silent device's points are COMM_LOST."""
-    pv_kw = await latest(site.services, "pv", "power_kw")
-    bat_kw = await latest(site.services, "bat", "power_kw")
-    soc = await latest(site.services, "bat", "soc_percent")
-    points = await site.master.scan()
-    assert pv_kw > 5.0, "the sun is up"
-    assert points.analogs[0] == (round(pv_kw * 1000), ONLINE)
-    assert points.analogs[1] == (round((pv_kw + bat_kw) * 1000), ONLINE)
-    assert points.analogs[2] == (round(soc * 10), ONLINE)
+    for _ in range(150):  # the outstation refreshes every 0.1 s: scan until it caught up
+        expected = await stored_analogs(site.services)
+        points = await site.master.scan()
+        if {index: points.analogs[index] for index in expected} == expected:
+            break
+        await asyncio.sleep(0.1)
+    assert {index: points.analogs[index] for index in expected} == expected
+    assert expected[0][0] > 5000, "the sun is up"
     assert points.analogs[3][1] & (COMM_LOST | ONLINE) == COMM_LOST
     assert points.binaries[0] == (True, ONLINE | 0x80)
     assert points.binaries[1] == (True, ONLINE | 0x80)
@@ -236,3 +249,29 @@ async def test_an_address_in_use_is_a_transport_error() -> None:
         with pytest.raises(TransportError, match=f"127.0.0.1:{port}"):
             await outstation.run()
     await outstation.aclose()
+    assert outstation.state == "stopped"
+
+
+async def test_state_says_whether_a_master_is_connected() -> None:
+    """The outstation is "stopped" before run(), "master connected" while a master holds its
+    connection, "listening" once the master left and "stopped" after aclose()."""
+
+    async def submit(device_id: str, request: CommandRequest) -> CommandResult:
+        raise AssertionError("no command expected")
+
+    async def latest(device_ids: Sequence[str]) -> dict[str, dict[str, object]]:
+        return {}
+
+    config = Dnp3Config.model_validate({"port": 0, "analog_inputs": POINTS["analog_inputs"]})
+    outstation = Dnp3Outstation(config, FleetAccess(submit, list, latest))
+    before = outstation.state
+    running = asyncio.create_task(outstation.run())
+    try:
+        await outstation.started()
+        async with Master(outstation.port):
+            connected = outstation.state
+        await until(lambda: outstation.state == "listening")
+    finally:
+        await outstation.aclose()
+        await cancel_and_wait(running)
+    assert (before, connected, outstation.state) == ("stopped", "master connected", "stopped")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from importlib.resources import files
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from api_server import ApiServer
 
 from async_helpers import Sink, until, until_async
 from derim.adapters.base import Backoff, ConnectionState, DeviceStatus, PollSettings
-from derim.adapters.iec61850 import shipped_profile
+from derim.adapters.iec61850 import load_profile_text, shipped_profile
 from derim.adapters.iec61850.adapter import Iec61850Adapter
 from derim.adapters.iec61850.client import MmsLink
 from derim.config import load_settings
@@ -27,6 +28,7 @@ from derim.models.telemetry import BatteryTelemetry
 from derim.services import Services, running_services
 
 SCL = Path(__file__).parents[1] / "fixtures" / "iec61850" / "der_battery.icd"
+SHIPPED = files("derim.adapters.iec61850").joinpath("profiles", "generic_der_battery.yaml")
 IED = "BESS1"
 LIMIT, ENABLE = "DER/DRCC1.WMaxSpt.setVal", "DER/DRCC1.DEREna.setVal"
 """Setpoints written with an MMS Write."""
@@ -40,13 +42,18 @@ class Ied:
 
     Writes to (or operations of) a setpoint in ``refused`` are answered with
     ``ObjectValueInvalid`` (or AddCause ``BlockedByProcess``); those of one in ``ignored`` are
-    accepted but not carried out (the write callback returns False; ``mxVal`` stays).
+    accepted but not carried out (the write callback returns False; ``mxVal`` stays). An
+    operated value shows in ``mxVal`` ``lag_s`` later, rounded to ``step``.
     """
 
     def __init__(self) -> None:
         self.port = 0
         self.refused: set[str] = set()
         self.ignored: set[str] = set()
+        self.lag_s = 0.0
+        """How long after an operation its value shows in ``mxVal``."""
+        self.step = 0.0
+        """What ``mxVal`` is rounded to (W; 0: not rounded)."""
         self.writes: list[tuple[str, object]] = []
         self.values: dict[str, float | int] = {
             "DER/MMXU1.TotW.mag.f": 2500.0,
@@ -58,6 +65,7 @@ class Ied:
             "DER/LLN0.Beh.stVal": 1,
         }
         self._server: iec61850.IedServer | None = None
+        self._loop = asyncio.get_running_loop()
 
     async def start(self) -> Ied:
         server = iec61850.IedServer.from_scl(SCL, ied_name=IED)
@@ -95,8 +103,16 @@ class Ied:
             error = iec61850.IedControlError("setpoint refused")
             error.add_cause = "BlockedByProcess"  # type: ignore[attr-defined]
             raise error
-        if path not in self.ignored and isinstance(value, float):
-            self.set(f"{path}.mxVal.f", value)
+        if path in self.ignored or not isinstance(value, float):
+            return
+        shown = round(value / self.step) * self.step if self.step else value
+        if self.lag_s:
+            loop = self._loop
+            loop.call_soon_threadsafe(
+                loop.call_later, self.lag_s, self.set, f"{path}.mxVal.f", shown
+            )
+        else:
+            self.set(f"{path}.mxVal.f", shown)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -182,6 +198,39 @@ async def test_operated_setpoint_is_confirmed_by_its_measured_value(
     assert result.status is CommandStatus.ACKNOWLEDGED, result.message
     assert ied.writes == [(POWER, -2250.0)]
     assert ied.values[f"{POWER}.mxVal.f"] == -2250.0
+
+
+async def test_operated_setpoint_that_shows_late_is_acknowledged(
+    adapter: Iec61850Adapter, ied: Ied
+) -> None:
+    """An IED that updates mxVal 0.3 s after the operation (within timeout_s, 1 s) is read
+    back again until it shows the value, and the command is acknowledged."""
+    ied.lag_s = 0.3
+    await adapter.connect()
+    result = await adapter.send(command(CommandType.SET_ACTIVE_POWER, 2.0))
+    assert result.status is CommandStatus.ACKNOWLEDGED, result.message
+    assert ied.values[f"{POWER}.mxVal.f"] == 2000.0
+
+
+async def test_rounded_read_back_is_acknowledged_within_the_profiles_tolerance(
+    adapter: Iec61850Adapter, ied: Ied
+) -> None:
+    """An IED that rounds mxVal to 10 W confirms 1.234 kW for a setpoint with a 0.005 kW
+    tolerance; the shipped profile (no tolerance) reports the same echo as not carried out."""
+    ied.step = 10.0
+    text = SHIPPED.read_text().replace("max: 5.0\n", "max: 5.0\n    tolerance: 0.005\n")
+    link = MmsLink("127.0.0.1", ied.port, timeout_s=1.0)
+    lenient = Iec61850Adapter("bess-1", load_profile_text(text), link, IED, FAST)
+    try:
+        await lenient.connect()
+        rounded = await lenient.send(command(CommandType.SET_ACTIVE_POWER, 1.234))
+    finally:
+        await lenient.aclose()
+    await adapter.connect()
+    strict = await adapter.send(command(CommandType.SET_ACTIVE_POWER, 1.234))
+    assert rounded.status is CommandStatus.ACKNOWLEDGED, rounded.message
+    assert strict.status is CommandStatus.FAILED
+    assert "sent 1234.0, IED reads back 1230.0" in strict.message
 
 
 async def test_write_the_ied_does_not_keep_is_failed_not_acknowledged(

@@ -12,21 +12,24 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from derim.adapters.base import DeviceStatus, PollingAdapter, PollSettings, Publish, StatusChanged
-from derim.adapters.iec61850 import load_profile as load_iec61850_profile
-from derim.adapters.iec61850 import shipped_profile as shipped_iec61850_profile
-from derim.adapters.iec61850.adapter import Iec61850Adapter
-from derim.adapters.iec61850.client import MmsLink
+from derim.adapters.iec61850.profile import PROFILES as IEC61850_PROFILES
+from derim.adapters.iec61850.profile import Profile as Iec61850Profile
 from derim.adapters.line import LinePoller
 from derim.adapters.modbus.adapter import ModbusAdapter
-from derim.adapters.modbus.profile import Profile, load_profile, shipped_profile
+from derim.adapters.modbus.profile import PROFILES as MODBUS_PROFILES
+from derim.adapters.modbus.profile import Profile as ModbusProfile
 from derim.adapters.modbus.transport import ModbusTransport
 from derim.adapters.sunspec.adapter import SunSpecAdapter
+from derim.adapters.yaml_model import ProfileLoader
 from derim.errors import ConfigError, InvalidRequestError
 from derim.models.device import DERDevice, Iec61850Connection, ModbusConnection
 
 log = logging.getLogger(__name__)
+
+P = TypeVar("P", ModbusProfile, Iec61850Profile)
 
 
 class AdapterManager:
@@ -127,13 +130,7 @@ def _modbus(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
         raise InvalidRequestError("connection", "a Modbus device needs host, port and unit_id")
     if connection.profile is None:
         raise InvalidRequestError("connection.profile", "a Modbus device needs a device profile")
-    profile = _load(connection.profile)
-    if profile.device_type != device.device_type:
-        raise InvalidRequestError(
-            "connection.profile",
-            f"profile {connection.profile!r} describes a {profile.device_type.value}, "
-            f"not a {device.device_type.value}",
-        )
+    profile = _profile(device, connection.profile, MODBUS_PROFILES)
     settings = PollSettings(interval_s=connection.poll_interval_s, timeout_s=connection.timeout_s)
     transport = manager.transport(connection)
     return ModbusAdapter(device.id, profile, transport, connection.unit_id, settings)
@@ -156,34 +153,38 @@ def _sunspec(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
 
 
 def _iec61850(manager: AdapterManager, device: DERDevice) -> PollingAdapter:
+    # Imported here: the MMS client's native library takes a while to load and only IEC 61850
+    # devices need it.
+    from derim.adapters.iec61850.adapter import Iec61850Adapter
+    from derim.adapters.iec61850.client import MmsLink
+
     connection = device.connection
     if not isinstance(connection, Iec61850Connection):
         raise InvalidRequestError("connection", "an IEC 61850 device needs host, ied_name, profile")
-    try:
-        if connection.profile.endswith((".yaml", ".yml")):
-            profile = load_iec61850_profile(Path(connection.profile))
-        else:
-            profile = shipped_iec61850_profile(connection.profile)
-    except ConfigError as exc:
-        raise InvalidRequestError("connection.profile", str(exc)) from exc
-    if profile.device_type != device.device_type:
-        raise InvalidRequestError(
-            "connection.profile",
-            f"profile {connection.profile!r} describes a {profile.device_type.value}, "
-            f"not a {device.device_type.value}",
-        )
+    profile = _profile(device, connection.profile, IEC61850_PROFILES)
     settings = PollSettings(interval_s=connection.poll_interval_s, timeout_s=connection.timeout_s)
     link = MmsLink(connection.host, connection.port, connection.timeout_s)
     return Iec61850Adapter(device.id, profile, link, connection.ied_name, settings)
 
 
-def _load(name: str) -> Profile:
+def _profile(device: DERDevice, name: str, profiles: ProfileLoader[P]) -> P:
+    """The profile ``name`` of ``device``: a file when it ends in .yaml or .yml, else one DERIM
+    ships; ``InvalidRequestError`` on ``connection.profile`` if it is unusable or describes
+    another kind of device."""
     try:
         if name.endswith((".yaml", ".yml")):
-            return load_profile(Path(name))
-        return shipped_profile(name)
+            profile = profiles.file(Path(name))
+        else:
+            profile = profiles.shipped(name)
     except ConfigError as exc:
         raise InvalidRequestError("connection.profile", str(exc)) from exc
+    if profile.device_type != device.device_type:
+        raise InvalidRequestError(
+            "connection.profile",
+            f"profile {name!r} describes a {profile.device_type.value}, "
+            f"not a {device.device_type.value}",
+        )
+    return profile
 
 
 FACTORIES: dict[str, Callable[[AdapterManager, DERDevice], PollingAdapter]] = {

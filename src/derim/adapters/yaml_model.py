@@ -1,10 +1,14 @@
 """YAML documents validated by a Pydantic model, with errors naming the file, the field path and
-the YAML line where the offending item starts (device profiles, MQTT mappings)."""
+the YAML line where the offending item starts (device profiles, MQTT mappings), and the loader
+of device profiles, shipped or from a file."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -75,6 +79,37 @@ def load_yaml_model(
             path = ".".join(str(part) for part in loc) or "(top level)"
             problems.append(f"{path} (line {yaml_line(root, loc)}): {message}")
         raise ConfigError(f"{source}: invalid {kind}: {'; '.join(problems)}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileLoader(Generic[M]):
+    """Loads the YAML documents of one kind, validated as ``model``: from text, from a file or
+    shipped in ``package``'s ``profiles`` folder; ``kind`` names them in ``ConfigError``
+    messages (``device profile``, ``IEC 61850 profile``)."""
+
+    model: type[M]
+    kind: str
+    package: str
+
+    def text(self, text: str, source: str = "<string>") -> M:
+        """Validate the YAML ``text``; ``source`` names it in ``ConfigError`` messages."""
+        return load_yaml_model(text, source, self.model, self.kind)
+
+    def file(self, path: str | Path) -> M:
+        """Read and validate the YAML file at ``path``; ``ConfigError`` if unreadable or invalid."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {self.kind} {path}: {exc}") from exc
+        return self.text(text, str(path))
+
+    def shipped(self, name: str) -> M:
+        """The document ``name`` shipped with DERIM; ``ConfigError`` if there is none."""
+        resource = files(self.package).joinpath("profiles", f"{name}.yaml")
+        if not resource.is_file():
+            raise ConfigError(f"no shipped {self.kind} named {name!r}")
+        return self.text(resource.read_text(encoding="utf-8"), f"shipped profile {name}")
 
 
 def yaml_line(node: yaml.Node | None, loc: Loc) -> int:

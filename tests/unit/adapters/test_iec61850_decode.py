@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from derim.adapters.iec61850 import Point, Profile, shipped_profile
+from derim.adapters.iec61850 import ControlPoint, Point, Profile, shipped_profile
 from derim.adapters.iec61850.decode import (
     AccessFailure,
     decode_point,
@@ -20,7 +20,7 @@ from derim.adapters.iec61850.decode import (
     read_targets,
     split_read,
 )
-from derim.errors import InvalidRequestError, ProtocolError
+from derim.errors import ConfigError, InvalidRequestError, ProtocolError
 from derim.models.common import Quality
 
 PROFILE = shipped_profile("generic_der_battery")
@@ -84,6 +84,17 @@ def test_invalid_quality_drops_the_value_and_flags_the_reading() -> None:
     assert reading.problems == {"frequency": "quality invalid"}
 
 
+@pytest.mark.parametrize("raw", [math.nan, "garbage", None, [1.0]])
+def test_invalid_quality_point_is_dropped_whatever_its_value(raw: object) -> None:
+    """A point whose quality is invalid is left out without decoding its value, so a value
+    of the wrong kind there cannot fail the poll."""
+    qualities = good_qualities() | {"DER/MMXU1.TotW.q": b"\x40\x00"}
+    reading = decode_reading(PROFILE, raw_values(active_power=raw), qualities)
+    assert "power_kw" not in reading.fields
+    assert reading.fields["frequency_hz"] == pytest.approx(50.0)
+    assert reading.problems == {"active_power": "quality invalid"}
+
+
 def test_refused_point_and_unknown_ordinal_degrade_only_their_field() -> None:
     """An attribute the IED refuses is left out, an unmapped ordinal reads unknown."""
     values = raw_values(state_of_charge=AccessFailure("ObjectNonExistent"), behaviour=9)
@@ -128,11 +139,31 @@ def test_setpoints_are_encoded_in_the_wire_unit_within_limits() -> None:
 
 
 def test_read_back_comparison_allows_float32_rounding_only() -> None:
-    """A FLOAT32 echo of 0.1 matches; another value, or a bool for an int, does not."""
-    assert read_back_matches(0.1, 0.10000000149011612)
-    assert not read_back_matches(3500, 3000)
-    assert not read_back_matches(1, True)
-    assert read_back_matches(True, True)
+    """Without a tolerance a FLOAT32 echo of 0.1 matches; another value, or a bool for an
+    int, does not."""
+    limit, power, enable = PROFILE.controls
+    assert read_back_matches(power, 0.1, 0.10000000149011612)
+    assert not read_back_matches(limit, 3500, 3000)
+    assert not read_back_matches(limit, 1, True)
+    assert read_back_matches(enable, True, True)
+
+
+def test_read_back_comparison_allows_the_setpoints_tolerance_in_its_unit() -> None:
+    """A 0.005 kW tolerance on a W setpoint (scale 0.001) accepts an echo rounded to 10 W,
+    not one 6 W off."""
+    power = PROFILE.controls[1].model_copy(update={"tolerance": 0.005})
+    assert read_back_matches(power, 1234.0, 1230.0)
+    assert read_back_matches(power, -1234.0, -1230.0)
+    assert not read_back_matches(power, 1234.0, 1240.0)
+    assert not read_back_matches(PROFILE.controls[1], 1234.0, 1230.0)
+
+
+def test_setpoint_without_limits_is_a_config_error() -> None:
+    """A numeric setpoint lacking min or max (built past validation) is refused with
+    ConfigError, not an assert that -O removes."""
+    unchecked = ControlPoint.model_construct(**(PROFILE.controls[0].model_dump() | {"max": None}))
+    with pytest.raises(ConfigError, match="max_power_setpoint"):
+        encode_setpoint(unchecked, 1.0)
 
 
 mms_values = st.one_of(

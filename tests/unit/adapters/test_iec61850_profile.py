@@ -81,6 +81,7 @@ def test_base_profile_is_valid() -> None:
         ("WMaxSpt.setVal", "WMaxSpt", "a write setpoint's ref names an attribute"),
         ("type: int\n", "type: int\n    service: operate\n", "read_back is required"),
         ("type: int\n", "type: int\n    read_back: DER/X1.Y.z\n", "read_back is required"),
+        ("max: 10", "max: 10\n    tolerance: -0.1", "controls.0.tolerance (line 18)"),
     ],
 )
 def test_bad_profile_names_the_fault(old: str, new: str, expected: str) -> None:
@@ -123,6 +124,18 @@ def test_bool_setpoint_needs_bool_choices() -> None:
     )
     limited = "  - name: enable\n    ref: DER/DRCC1.DEREna.setVal\n    type: bool\n"
     assert "a bool setpoint needs choices" in config_error(BASE + limited)
+
+
+def test_setpoint_tolerance_is_read_for_numbers_only() -> None:
+    """A numeric setpoint keeps its tolerance (in its unit); a choice setpoint takes none."""
+    profile = load_profile_text(BASE.replace("max: 10", "max: 10\n    tolerance: 0.005"))
+    assert profile.controls[0].tolerance == 0.005
+    assert load_profile_text(BASE).controls[0].tolerance is None
+    choice = (
+        "  - name: enable\n    ref: DER/DRCC1.DEREna.setVal\n    type: bool\n"
+        "    choices: {connect: true, disconnect: false}\n    tolerance: 1\n"
+    )
+    assert "a tolerance is for numeric setpoints, not choices" in config_error(BASE + choice)
 
 
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ writes its setpoints, confirming each by reading it back."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -27,6 +28,10 @@ from derim.models.command import CommandRequest, CommandResult
 from derim.models.telemetry import TELEMETRY_BY_DEVICE_TYPE, DERTelemetry
 
 log = logging.getLogger(__name__)
+
+READ_BACK_READS = 5
+"""Reads of a setpoint's value after it was sent, spread over ``timeout_s``, before the
+command counts as not carried out."""
 
 
 class Iec61850Adapter(PollingAdapter):
@@ -113,9 +118,9 @@ class Iec61850Adapter(PollingAdapter):
     async def send(self, command: CommandRequest) -> CommandResult:
         """Write (or operate) the command's setpoint, then read it back.
 
-        Acknowledged only when the IED then holds the value sent; a write or operation the IED
-        refuses raises ``DeviceRejected``; one it accepts but does not carry out gives a failed
-        result naming both values.
+        Acknowledged once the IED holds the value sent (within the setpoint's tolerance); a
+        write or operation the IED refuses raises ``DeviceRejected``; one it accepts but does
+        not carry out within ``timeout_s`` gives a failed result naming both values.
         """
         control, written = self.check(command)
         ref = self._full(control.ref)
@@ -125,12 +130,33 @@ class Iec61850Adapter(PollingAdapter):
         else:
             await self.link.operate(ref, control.control_model, written)
             echo = (self._full(control.read_back), control.read_back_fc)
-        (echoed,) = await self.link.read([echo])
-        if isinstance(echoed, AccessFailure) or not read_back_matches(written, echoed):
+        echoed, matched = await self._read_back(control, written, echo)
+        if not matched:
             shown = echoed.error if isinstance(echoed, AccessFailure) else repr(echoed)
             message = f"{control.name}: sent {written!r}, IED reads back {shown}"
             return read_back_result(self.device_id, command, False, message)
         return read_back_result(self.device_id, command, True, f"{control.name} set and read back")
+
+    async def _read_back(
+        self, control: ControlPoint, written: float | int | bool, echo: tuple[str, str]
+    ) -> tuple[object, bool]:
+        """The value at ``echo`` and whether it matches ``written``: the first match, else the
+        last value read by the end of ``timeout_s``. An IED may update a measured value
+        (``mxVal``) some time after the operation, so it is read up to ``READ_BACK_READS``
+        times, evenly spaced."""
+        loop = asyncio.get_running_loop()
+        pause = self.settings.timeout_s / (READ_BACK_READS - 1)
+        deadline = loop.time() + self.settings.timeout_s
+        while True:
+            (echoed,) = await self.link.read([echo])
+            if not isinstance(echoed, AccessFailure) and read_back_matches(
+                control, written, echoed
+            ):
+                return echoed, True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return echoed, False
+            await asyncio.sleep(min(pause, remaining))
 
     def _control(self, command: CommandRequest) -> ControlPoint:
         name = command.parameters.get("point")

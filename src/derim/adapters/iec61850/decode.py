@@ -11,13 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from derim.adapters.iec61850.profile import ControlPoint, Point, Profile, ReadFc
-from derim.errors import InvalidRequestError, ProtocolError
+from derim.errors import ConfigError, InvalidRequestError, ProtocolError
 from derim.models.common import Quality
 from derim.models.telemetry import ENUM_FIELDS
 
 READ_BACK_TOLERANCE = 1e-6
-"""Relative (and absolute) difference allowed between a written and a read-back value: FLOAT32
-keeps about seven significant digits."""
+"""Relative (and absolute) difference always allowed between a written and a read-back value:
+FLOAT32 keeps about seven significant digits. A control's ``tolerance`` may allow more."""
 
 QUALITY_BYTES = 2
 """An IEC 61850 quality is a 13-bit MMS BIT STRING: two bytes, bit 0 the first byte's MSB."""
@@ -95,7 +95,8 @@ def decode_reading(
 ) -> DecodedReading:
     """One poll's canonical fields from raw values by point name and raw ``q`` by reference.
 
-    A point the IED refused to read, or whose quality is invalid, is left out; an enum ordinal
+    A point the IED refused to read, or whose quality is invalid (its value, however
+    malformed, is then not looked at), is left out; an enum ordinal
     the profile does not map reads as unknown (left out if the field has no unknown value).
     Either makes the reading questionable and is named in ``problems``. A value of the wrong
     kind raises ``ProtocolError``; so does a poll in which every point is missing.
@@ -108,12 +109,12 @@ def decode_reading(
             reading.problems[point.name] = raw.error if isinstance(raw, AccessFailure) else "absent"
             missing += 1
             continue
-        value = decode_point(point, raw)
         quality = _point_quality(point, qualities)
-        if quality is Quality.INVALID:
+        if quality is Quality.INVALID:  # whatever the IED sent as its value is not decoded
             reading.problems[point.name] = "quality invalid"
             missing += 1
             continue
+        value = decode_point(point, raw)
         reading.quality = worse(reading.quality, quality)
         if point.field is None:
             continue
@@ -152,8 +153,8 @@ def encode_setpoint(control: ControlPoint, value: object) -> float | int | bool:
         return control.choices[value]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidRequestError("value", f"{control.name} takes a number")
-    assert control.min is not None  # ControlPoint requires min and max without choices
-    assert control.max is not None
+    if control.min is None or control.max is None:  # ControlPoint's validator prevents this
+        raise ConfigError(f"{control.name} has neither choices nor both min and max")
     if not control.min <= value <= control.max:
         raise InvalidRequestError(
             "value",
@@ -166,13 +167,19 @@ def encode_setpoint(control: ControlPoint, value: object) -> float | int | bool:
     return raw
 
 
-def read_back_matches(written: float | int | bool, echoed: object) -> bool:
-    """Whether the setpoint read back (``echoed``) holds the value written."""
+def read_back_matches(control: ControlPoint, written: float | int | bool, echoed: object) -> bool:
+    """Whether the setpoint read back (``echoed``) holds the value written, within FLOAT32
+    rounding or within the control's ``tolerance`` (given in its unit, compared after
+    scaling)."""
     if isinstance(written, bool) or isinstance(echoed, bool):
         return written is echoed
     if not isinstance(echoed, int | float):
         return False
-    return math.isclose(echoed, written, rel_tol=READ_BACK_TOLERANCE, abs_tol=READ_BACK_TOLERANCE)
+    if math.isclose(echoed, written, rel_tol=READ_BACK_TOLERANCE, abs_tol=READ_BACK_TOLERANCE):
+        return True
+    return control.tolerance is not None and (
+        abs(echoed - written) * abs(control.scale) <= control.tolerance
+    )
 
 
 def read_targets(profile: Profile) -> list[tuple[str, ReadFc]]:

@@ -10,14 +10,12 @@ field path and the YAML line.
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from derim.adapters.yaml_model import Loc, RuleError, StrictModel, load_yaml_model
-from derim.errors import ConfigError
+from derim.adapters.yaml_model import Loc, ProfileLoader, RuleError, StrictModel
 from derim.models.command import CommandType
 from derim.models.common import DeviceType
 from derim.models.telemetry import (
@@ -99,6 +97,7 @@ class ControlPoint(StrictModel):
     The value sent is ``(value - offset) / scale`` (kW -> W: scale 0.001). A ``write`` setpoint
     is the attribute ``ref`` (FC ``SP``), read back from itself; an ``operate`` setpoint is the
     controllable data object ``ref``, read back from ``read_back`` (such as ``mxVal.f``, MX).
+    The read-back must come within ``tolerance`` of the value sent.
     """
 
     name: Name
@@ -125,12 +124,22 @@ class ControlPoint(StrictModel):
         description="Canonical commands this setpoint carries out: a numeric setpoint takes the "
         "command's value, a choice setpoint the choice named like the command.",
     )
+    tolerance: float | None = Field(
+        None,
+        ge=0,
+        description="Largest difference, in ``unit``, between the value commanded and the one "
+        "read back for the setpoint to count as carried out (an IED that rounds ``mxVal`` to "
+        "10 W needs 0.005 kW with scale 0.001). Unset: only FLOAT32 rounding (a relative 1e-6). "
+        "Numeric setpoints only.",
+    )
     description: str = ""
 
     @model_validator(mode="after")
     def _check_control(self) -> ControlPoint:
         if self.scale == 0:
             raise ValueError("scale must not be 0")
+        if self.tolerance is not None and self.choices is not None:
+            raise ValueError("a tolerance is for numeric setpoints, not choices")
         if (self.service == "operate") != (self.read_back is not None):
             raise ValueError("read_back is required for operate setpoints and only for them")
         if self.service == "write" and self.ref.count(".") < 2:
@@ -209,24 +218,20 @@ def _check_field(device_type: DeviceType, loc: Loc, point: Point, fed: set[str])
         raise RuleError(where, f"{point.field!r} needs an unscaled int point")
 
 
+PROFILES = ProfileLoader(Profile, "IEC 61850 profile", "derim.adapters.iec61850")
+"""IEC 61850 profiles: shipped ones are in ``derim/adapters/iec61850/profiles``."""
+
+
 def shipped_profile(name: str) -> Profile:
     """The IEC 61850 profile ``name`` shipped with DERIM (``generic_der_battery``, ...)."""
-    resource = files("derim.adapters.iec61850").joinpath("profiles", f"{name}.yaml")
-    if not resource.is_file():
-        raise ConfigError(f"no shipped IEC 61850 profile named {name!r}")
-    return load_profile_text(resource.read_text(encoding="utf-8"), f"shipped profile {name}")
+    return PROFILES.shipped(name)
 
 
 def load_profile(path: str | Path) -> Profile:
     """Read and validate the YAML profile at ``path``; ``ConfigError`` if invalid."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read IEC 61850 profile {path}: {exc}") from exc
-    return load_profile_text(text, str(path))
+    return PROFILES.file(path)
 
 
 def load_profile_text(text: str, source: str = "<string>") -> Profile:
     """Validate the YAML profile ``text``; ``source`` names it in ``ConfigError`` messages."""
-    return load_yaml_model(text, source, Profile, "IEC 61850 profile")
+    return PROFILES.text(text, source)

@@ -8,7 +8,6 @@ the file, the field path and the YAML line where the offending item starts.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,8 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from derim.adapters.yaml_model import Loc, RuleError, StrictModel, inherit, load_yaml_model
-from derim.errors import ConfigError
+from derim.adapters.yaml_model import Loc, ProfileLoader, RuleError, StrictModel, inherit
 from derim.models.command import CommandType
 from derim.models.common import DeviceType
 from derim.models.telemetry import (
@@ -268,24 +266,20 @@ def _check_scale_factor(loc: Loc, target: Point | None, name: str) -> None:
         raise RuleError((*loc, "scale_factor"), f"{name!r} must be an unscaled s16 or u16")
 
 
+PROFILES = ProfileLoader(Profile, "device profile", "derim.adapters.modbus")
+"""Modbus device profiles: shipped ones are in ``derim/adapters/modbus/profiles``."""
+
+
 def shipped_profile(name: str) -> Profile:
     """The profile ``name`` shipped with DERIM (``generic_meter``, ``generic_battery``, ...)."""
-    resource = files("derim.adapters.modbus").joinpath("profiles", f"{name}.yaml")
-    if not resource.is_file():
-        raise ConfigError(f"no shipped device profile named {name!r}")
-    return load_profile_text(resource.read_text(encoding="utf-8"), f"shipped profile {name}")
+    return PROFILES.shipped(name)
 
 
 def load_profile(path: str | Path) -> Profile:
     """Read and validate the YAML device profile at ``path``; raise ``ConfigError`` if invalid."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read device profile {path}: {exc}") from exc
-    return load_profile_text(text, str(path))
+    return PROFILES.file(path)
 
 
 def load_profile_text(text: str, source: str = "<string>") -> Profile:
     """Validate the YAML profile ``text``; ``source`` names it in ``ConfigError`` messages."""
-    return load_yaml_model(text, source, Profile, "device profile")
+    return PROFILES.text(text, source)

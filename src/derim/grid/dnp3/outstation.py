@@ -48,20 +48,35 @@ def build_database(config: Dnp3Config) -> Database:
 
 def apply(database: Database, values: Snapshot) -> None:
     """Store one refresh's changed values (each change queues a class 1 event); a point
-    without a value keeps its last one, marked communication lost."""
+    without a value keeps its last one, marked communication lost. ``KeyError`` for a point
+    the database lacks (``values`` come from the config the database was built from)."""
     for analog in values.analogs:
-        point = database.get_analog_input(analog.index)
-        assert point is not None, "the database holds every mapped point"
+        point = database.analog_inputs[analog.index]
         quality = AnalogQuality.ONLINE if analog.online else AnalogQuality.COMM_LOST
         value = point.value if analog.value is None else analog.value
         if (value, quality) != (point.value, point.quality):
             database.update_analog_input(analog.index, value, quality)
     for binary in values.binaries:
         flag = BinaryQuality.ONLINE if binary.online else BinaryQuality.COMM_LOST
-        state = database.get_binary_input(binary.index)
-        assert state is not None, "the database holds every mapped point"
+        state = database.binary_inputs[binary.index]
         if (binary.value, flag) != (state.value, state.quality):
             database.update_binary_input(binary.index, binary.value, flag)
+
+
+class _WatchedOutstation(Outstation):
+    """The library's outstation, counting the TCP connections open to it: its runner calls
+    ``new_connection_id`` when a master connects and ``release_connection`` when it leaves
+    (both on the server thread; the count is only read elsewhere)."""
+
+    connections = 0
+
+    def new_connection_id(self) -> int:
+        self.connections += 1
+        return super().new_connection_id()
+
+    def release_connection(self, connection: int) -> None:
+        self.connections -= 1
+        super().release_connection(connection)
 
 
 class _ServerThread:
@@ -139,6 +154,17 @@ class Dnp3Outstation:
         self._running = False
         self._listening = asyncio.Event()
         self._finished = asyncio.Event()
+        self._outstation: _WatchedOutstation | None = None
+
+    @property
+    def state(self) -> str:
+        """``starting`` until it listens, then ``listening`` or ``master connected`` (a master
+        holds a TCP connection to it); ``stopped`` before ``run()`` and after it ended."""
+        if not self._running or self._finished.is_set():
+            return "stopped"
+        if self.address is None or self._outstation is None:
+            return "starting"
+        return "master connected" if self._outstation.connections > 0 else "listening"
 
     @property
     def port(self) -> int:
@@ -165,7 +191,10 @@ class Dnp3Outstation:
                 time_sync_required=False,
                 unsolicited=UnsolicitedConfig(enabled=False),
             )
-            outstation = Outstation(database=self._database, config=settings, handler=controls)
+            outstation = _WatchedOutstation(
+                database=self._database, config=settings, handler=controls
+            )
+            self._outstation = outstation
             apply(self._database, await self._read())
             server = _ServerThread(
                 OutstationTcpRunner(outstation, self.config.host, self.config.port)
