@@ -1,8 +1,8 @@
 """The OpenADR VEN against a real openleadr VTN on loopback, carrying events on a simulated
 SunSpec PV inverter (Modbus TCP) through DERIM's core: opt-in and opt-out, limits applied at
-the interval's start and released at its end or on cancellation, reports, retrying until the
-VTN appears, registering again with a VTN that forgot the VEN, and mutual TLS with signed
-messages."""
+the interval's start and released at its end, on cancellation or when the VTN stops listing the
+event, reports, retrying until the VTN appears, registering again with a VTN that forgot the
+VEN, the link's state, and mutual TLS with signed messages."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from certificates import make_certificates
 from influxd import free_ports
 from openleadr import OpenADRServer
 from openleadr.service import VTNService
-from openleadr.utils import certificate_fingerprint
+from openleadr.utils import certificate_fingerprint, getmember
 
 from async_helpers import until, until_async
 from derim.config import load_settings
@@ -110,6 +110,13 @@ class Vtn:
             targets=[{"resource_id": resource_id}],
         )  # fmt: skip
         return event_id
+
+    def forget(self, event_id: str) -> None:
+        """Drop an event from the VEN's list without cancelling it: the VEN's next poll gets
+        an oadrDistributeEvent of the other events."""
+        events = self.server.events[VEN_ID]
+        events[:] = [e for e in events if getmember(e, "event_descriptor.event_id") != event_id]
+        self.server.events_updated[VEN_ID] = True
 
 
 @dataclass
@@ -206,17 +213,19 @@ async def test_an_event_limits_the_group_from_its_start_and_lapses_at_its_end(
     site: Site,
 ) -> None:
     """A SIMPLE level 2 event is opted into, sets 40 % on the inverter (a command with source
-    openadr, acknowledged) at its start, and the limit is gone after the event ends."""
-    event_id = site.vtn.push([2], start_in_s=1.5, step_s=2.5)
+    openadr, acknowledged) not before its start, and the limit is gone after the event ends."""
+    step = timedelta(seconds=3)
+    event_id = site.vtn.push([2], start_in_s=1.5, step_s=step.total_seconds())
     await until(lambda: event_id in site.vtn.opts)
     assert site.vtn.opts[event_id] == "optIn"
-    assert not site.limit_enabled()
     await until(site.limit_enabled)
     assert site.limit_percent() == pytest.approx(40)
     (record,) = await site.commands(CommandType.SET_POWER_LIMIT)
     assert record.status is CommandStatus.ACKNOWLEDGED
     assert (record.request.value, record.request.unit) == (40, "%")
     assert record.request.expires_at is not None
+    requested_at = record.history[0][1]
+    assert requested_at >= record.request.expires_at - step  # not before the event's start
     await until(lambda: not site.limit_enabled())
     assert await site.commands(CommandType.CLEAR_POWER_LIMIT) == []
 
@@ -238,6 +247,22 @@ async def test_a_cancelled_event_is_released_at_once(site: Site) -> None:
     await until_async(cleared)
 
 
+async def test_an_event_the_vtn_stops_listing_is_released(site: Site) -> None:
+    """An event missing from a later oadrDistributeEvent counts as cancelled (OpenADR 2.0b):
+    its 0 % limit is lifted and the event still listed holds the inverter at its 70 %."""
+    dropped = site.vtn.push([3], start_in_s=0, step_s=60)
+    kept = site.vtn.push([1], start_in_s=0, step_s=60)
+    await until(lambda: site.vtn.opts.get(dropped) == site.vtn.opts.get(kept) == "optIn")
+    await until(lambda: site.limit_enabled() and site.limit_percent() == 0)
+    site.vtn.forget(dropped)
+    await until(lambda: site.limit_enabled() and site.limit_percent() == pytest.approx(70))
+    (latest, *_) = sorted(
+        await site.commands(CommandType.SET_POWER_LIMIT), key=lambda r: r.history[0][1],
+        reverse=True,
+    )  # fmt: skip
+    assert (latest.request.value, latest.status) == (70, CommandStatus.ACKNOWLEDGED)
+
+
 async def test_events_no_group_can_carry_are_opted_out(site: Site) -> None:
     """An event for the meter's group (nothing controllable), one for an unknown market
     context and one asking for 170 % of capacity are opted out of; nothing is sent."""
@@ -247,7 +272,7 @@ async def test_events_no_group_can_carry_are_opted_out(site: Site) -> None:
     malformed = site.vtn.push([1.7], start_in_s=0, step_s=30, signal=CAPACITY_SIGNAL)
     await until(lambda: len(site.vtn.opts) == 3)
     assert site.vtn.opts == {for_meter: "optOut", unknown: "optOut", malformed: "optOut"}
-    assert site.ven.dispatcher.event_ids == []
+    assert site.ven.dispatcher.desired(datetime.now(UTC) + timedelta(seconds=10)) == {}
     assert await site.commands(CommandType.SET_POWER_LIMIT) == []
 
 
@@ -263,8 +288,9 @@ async def test_the_vtn_receives_the_group_power(site: Site) -> None:
 
 
 async def test_the_ven_retries_until_the_vtn_appears(caplog: pytest.LogCaptureFixture) -> None:
-    """With no VTN listening the link keeps trying, warns once, and registers as soon as the
-    VTN starts."""
+    """With no VTN listening the link warns once about each weak security setting (plain
+    http, no VTN fingerprint), says the VTN is unreachable (log once, state), keeps trying,
+    and registers as soon as the VTN starts."""
     (port,) = free_ports(1)
     vtn = Vtn(port)
     fleet = FleetAccess(submit=_no_commands, devices=list, latest=_no_readings)
@@ -273,22 +299,27 @@ async def test_the_ven_retries_until_the_vtn_appears(caplog: pytest.LogCaptureFi
         async with following(ven) as task:
             await until(lambda: sum("still not available" in m for m in caplog.messages) >= 3)
             assert not task.done()
+            assert ven.state == "vtn unreachable"
             await vtn.server.run()
             try:
-                await until(lambda: ven.client is not None and ven.client.ven_id == VEN_ID)
+                await until(lambda: ven.state == "registered")
+                assert ven.ven_id == VEN_ID
             finally:
                 await vtn.server.stop()
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
                 and r.name.startswith("derim.grid.openadr")]  # fmt: skip
-    assert len(warnings) == 1
-    assert "not available" in warnings[0].getMessage()
+    assert [m.split(" towards ")[0] for m in warnings[:2]] == 2 * ["openadr: weak security"]
+    assert ["plain http" in warnings[0], "no vtn_fingerprint" in warnings[1]] == [True, True]
+    assert len(warnings) == 3
+    assert "not available" in warnings[2]
 
 
 async def test_mutual_tls_with_signed_messages(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Over HTTPS with a client certificate, every message signed and each side checking the
-    other's fingerprint, the VEN registers, opts into an event and reports."""
+    other's fingerprint, the VEN registers (no weak-security warning), opts into an event and
+    reports."""
     vtn_ca, vtn_cert, vtn_key = make_certificates(_folder(tmp_path / "vtn"))
     ven_ca, ven_cert, ven_key = make_certificates(_folder(tmp_path / "ven"))
     ven_fingerprint = certificate_fingerprint(ven_cert.read_bytes())
@@ -330,13 +361,15 @@ async def test_mutual_tls_with_signed_messages(
             await until(lambda: ("dr", 2.5) in vtn.reports)
     finally:
         await vtn.server.stop()
+    assert not any("weak security" in m for m in caplog.messages)
 
 
 async def test_a_vtn_that_forgot_the_ven_has_it_register_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A VTN restarted without its registrations asks the polling VEN to register again; the
-    VEN does, and answers the new VTN's events."""
+    VEN does, and answers the new VTN's events. Its state says ``vtn lost`` while polls go
+    unanswered and ``registered`` again after."""
     (port,) = free_ports(1)
     first = Vtn(port)
     # openleadr keeps the lookup on the VTNService class: undone after the test.
@@ -350,6 +383,7 @@ async def test_a_vtn_that_forgot_the_ven_has_it_register_again(
             await until(lambda: ven.client is not None and ven.client.ven_id == VEN_ID)
         finally:
             await first.server.stop()
+        await until(lambda: ven.state == "vtn lost")
         second = Vtn(port, ven_lookup=None)
         monkeypatch.setattr(VTNService, "ven_lookup", staticmethod(second.lookup))
         await second.server.run()
@@ -357,6 +391,7 @@ async def test_a_vtn_that_forgot_the_ven_has_it_register_again(
             await until(lambda: second.registrations == 1)
             event_id = second.push([1], start_in_s=30, step_s=30)
             await until(lambda: second.opts.get(event_id) == "optIn")
+            assert ven.state == "registered"
         finally:
             await second.server.stop()
 

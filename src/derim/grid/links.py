@@ -22,17 +22,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunningLink:
-    """One link at work: its name, its task and how to close it."""
+    """One link at work: its name, its task, how to close it and the link object itself."""
 
     name: str
     task: asyncio.Task[None]
     close: Callable[[], Awaitable[None]]
+    link: object = None
 
     @property
     def state(self) -> str:
-        """``running``, or why it is not (the exception its task ended with)."""
+        """While the task runs, the link's own ``state`` (a str attribute, such as the VEN's
+        ``registered``) or else ``running``; once it ended, why (the exception it ended with)."""
         if not self.task.done():
-            return "running"
+            own = getattr(self.link, "state", None)
+            return own if isinstance(own, str) else "running"
         if self.task.cancelled():
             return "stopped"
         exc = self.task.exception()
@@ -53,12 +56,12 @@ async def start_links(
 
         logging.getLogger("openleadr").setLevel(logging.WARNING)  # it sets INFO at import
         ven = OpenAdrVen(settings.openadr, fleet)
-        links.append(_started(stack, "openadr", ven.run(), ven.aclose))
+        links.append(_started(stack, "openadr", ven.run(), ven.aclose, ven))
     if settings.dnp3 is not None:
         from derim.grid.dnp3.outstation import Dnp3Outstation
 
         outstation = Dnp3Outstation(settings.dnp3, fleet)
-        link = _started(stack, "dnp3", outstation.run(), outstation.aclose)
+        link = _started(stack, "dnp3", outstation.run(), outstation.aclose, outstation)
         links.append(link)
         await outstation.started()
         if link.task.done():
@@ -70,7 +73,7 @@ async def start_links(
             client = Sep2Link(settings.sep2, fleet)
         except DerimError as exc:
             raise ConfigError(f"sep2: {exc}") from exc
-        links.append(_started(stack, "sep2", client.run(), client.aclose))
+        links.append(_started(stack, "sep2", client.run(), client.aclose, client))
     return links
 
 
@@ -79,6 +82,7 @@ def _started(
     name: str,
     work: Awaitable[None],
     close: Callable[[], Awaitable[None]],
+    link: object,
 ) -> RunningLink:
     async def run() -> None:
         try:
@@ -91,4 +95,4 @@ def _started(
     stack.push_async_callback(close)
     stack.push_async_callback(cancel_and_wait, task)
     log.info("grid link %s started", name)
-    return RunningLink(name, task, close)
+    return RunningLink(name, task, close, link)

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from async_helpers import until
-from derim.errors import InvalidRequestError, StorageError
+from derim.adapters.base import Backoff
+from derim.errors import DeviceRejected, InvalidRequestError, StorageError
 from derim.grid.fleet import FleetAccess
 from derim.grid.openadr.config import OpenAdrConfig, Programme
 from derim.grid.openadr.dispatch import LimitDispatcher
@@ -32,6 +33,8 @@ class FakeFleet:
     def __init__(self, devices: list[DERDevice], refuse: Sequence[str] = ()) -> None:
         self.devices = devices
         self.refuse = set(refuse)
+        self.answers: dict[str, CommandStatus | Exception] = {}
+        """What a device answers a command that is not a dry run (default: acknowledged)."""
         self.sent: list[tuple[str, CommandRequest]] = []
         self.readings: dict[str, dict[str, object]] = {}
         self.storage_down = False
@@ -40,8 +43,12 @@ class FakeFleet:
         if device_id in self.refuse:
             raise InvalidRequestError("command", "the device takes no power limit")
         self.sent.append((device_id, request))
-        status = CommandStatus.VALIDATED if request.dry_run else CommandStatus.ACKNOWLEDGED
-        return CommandResult(device_id=device_id, request=request, status=status)
+        answer = self.answers.get(device_id, CommandStatus.ACKNOWLEDGED)
+        if request.dry_run:
+            answer = CommandStatus.VALIDATED
+        elif isinstance(answer, Exception):
+            raise answer
+        return CommandResult(device_id=device_id, request=request, status=answer)
 
     async def latest(self, device_ids: Sequence[str]) -> dict[str, dict[str, object]]:
         if self.storage_down:
@@ -62,6 +69,11 @@ def device(device_id: str, kind: DeviceType, rated_kw: float | None = 10.0) -> D
 PV = device("pv", DeviceType.SOLAR_PV)
 BATTERY = device("bat", DeviceType.BATTERY)
 METER = device("meter", DeviceType.METER, None)
+
+
+def planned(link: OpenAdrVen) -> dict[str, CommandRequest]:
+    """The limits the link's dispatcher will hold in the middle of ``event()``."""
+    return link.dispatcher.desired(datetime.now(UTC) + 1.5 * MINUTE)
 
 
 def ven(fleet: FakeFleet, **programme: Any) -> OpenAdrVen:
@@ -93,9 +105,7 @@ async def test_an_event_is_opted_into_for_the_members_that_can_carry_it() -> Non
     link = ven(fleet, device_types=[DeviceType.SOLAR_PV, DeviceType.BATTERY])
     assert await link.handle_event(event(2)) == "optIn"
     assert [(d, r.dry_run, r.value, r.unit) for d, r in fleet.sent] == [("pv", True, 40, "%")]
-    assert link.dispatcher.event_ids == ["ev-1"]
-    planned = link.dispatcher.desired(datetime.now(UTC) + 1.5 * MINUTE)
-    assert list(planned) == ["pv"]
+    assert list(planned(link)) == ["pv"]
     assert fleet.carried_out() == []
 
 
@@ -103,7 +113,7 @@ async def test_a_normal_level_event_is_opted_into_without_limits() -> None:
     """SIMPLE level 0 (normal operation) is carried by doing nothing: opted into, no limit."""
     link = ven(FakeFleet([PV]))
     assert await link.handle_event(event(0)) == "optIn"
-    assert link.dispatcher.desired(datetime.now(UTC) + 1.5 * MINUTE) == {}
+    assert planned(link) == {}
 
 
 async def test_an_event_no_member_can_carry_is_opted_out() -> None:
@@ -113,7 +123,7 @@ async def test_an_event_no_member_can_carry_is_opted_out() -> None:
     assert await ven(fleet).handle_event(event(2)) == "optOut"
     typed = ven(FakeFleet([PV]), device_types=[DeviceType.EV_CHARGER])
     assert await typed.handle_event(event(2)) == "optOut"
-    assert typed.dispatcher.event_ids == []
+    assert planned(typed) == {}
 
 
 @pytest.mark.parametrize("payload", [9, "lots", None])
@@ -123,7 +133,7 @@ async def test_a_malformed_update_opts_out_and_drops_the_event(payload: object) 
     link = ven(FakeFleet([PV]))
     assert await link.handle_event(event(1)) == "optIn"
     assert await link.handle_event(event(payload)) == "optOut"
-    assert link.dispatcher.event_ids == []
+    assert planned(link) == {}
 
 
 async def test_a_cancelled_event_is_dropped_and_answered_as_before() -> None:
@@ -131,14 +141,14 @@ async def test_a_cancelled_event_is_dropped_and_answered_as_before() -> None:
     link = ven(FakeFleet([PV]))
     await link.handle_event(event(3))
     assert await link.handle_event(event(3, status="cancelled")) == "optIn"
-    assert link.dispatcher.event_ids == []
+    assert planned(link) == {}
 
 
 async def test_a_test_event_is_answered_but_not_carried_out() -> None:
     """A test event is opted into when the group could carry it, and nothing is planned."""
     link = ven(FakeFleet([PV]))
     assert await link.handle_event(event(2, test=True)) == "optIn"
-    assert link.dispatcher.event_ids == []
+    assert planned(link) == {}
 
 
 async def test_the_report_sums_the_members_fresh_power() -> None:
@@ -165,7 +175,7 @@ async def test_the_report_sums_the_members_fresh_power() -> None:
 
 async def test_the_dispatcher_sends_at_each_start_and_clears_only_what_was_lifted() -> None:
     """Nothing before a step starts; its limit at the start, once; nothing at its natural
-    end (the limit lapses); a clear when an event is dropped before its end."""
+    end (the limit lapses); one clear when an event is dropped before its end."""
     fleet = FakeFleet([PV])
     dispatcher = LimitDispatcher(fleet.access())
     dispatcher.put("a", [Step(T0, T0 + MINUTE, {"pv": power_limit(40, "%", T0 + MINUTE)})])
@@ -176,13 +186,15 @@ async def test_the_dispatcher_sends_at_each_start_and_clears_only_what_was_lifte
     assert fleet.carried_out() == [("pv", CommandType.SET_POWER_LIMIT, 40)]
     await dispatcher.apply(T0 + MINUTE)
     assert len(fleet.carried_out()) == 1
-    assert dispatcher.event_ids == []
+    assert dispatcher.desired(T0) == {}  # the ended event is forgotten
     end = T0 + 3 * MINUTE
     dispatcher.put("b", [Step(T0 + 2 * MINUTE, end, {"pv": power_limit(10, "%", end)})])
     await dispatcher.apply(T0 + 2 * MINUTE)
     dispatcher.drop("b")
     await dispatcher.apply(T0 + 2 * MINUTE)
-    assert fleet.carried_out()[-2:] == [
+    await dispatcher.apply(T0 + 2.5 * MINUTE)
+    assert fleet.carried_out() == [
+        ("pv", CommandType.SET_POWER_LIMIT, 40),
         ("pv", CommandType.SET_POWER_LIMIT, 10), ("pv", CommandType.CLEAR_POWER_LIMIT, None)
     ]  # fmt: skip
     assert fleet.sent[-1][1].source == "openadr"
@@ -215,3 +227,98 @@ async def test_the_dispatcher_wakes_for_a_future_step() -> None:
         assert fleet.carried_out() == [("pv", CommandType.SET_POWER_LIMIT, 20)]
     finally:
         await cancel_and_wait(task)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        CommandStatus.FAILED,
+        CommandStatus.REJECTED,
+        CommandStatus.TIMED_OUT,
+        DeviceRejected("pv", "limit not supported now"),
+    ],
+)
+async def test_a_limit_the_device_did_not_take_is_sent_again_after_a_backoff(
+    answer: CommandStatus | Exception,
+) -> None:
+    """A limit that failed, was rejected or timed out is not held: it is sent again once the
+    backoff (10 s, then 20 s) has passed, not before, and no more once acknowledged."""
+    fleet = FakeFleet([PV])
+    fleet.answers["pv"] = answer
+    dispatcher = LimitDispatcher(fleet.access(), backoff=Backoff(10, 40, jitter=0))
+    end = T0 + 10 * MINUTE
+    dispatcher.put("a", [Step(T0, end, {"pv": power_limit(40, "%", end)})])
+    second = timedelta(seconds=1)
+    for at in (0, 9, 10, 29):
+        await dispatcher.apply(T0 + at * second)
+    assert len(fleet.carried_out()) == 2
+    del fleet.answers["pv"]
+    for at in (30, 31, 300):
+        await dispatcher.apply(T0 + at * second)
+    assert fleet.carried_out() == 3 * [("pv", CommandType.SET_POWER_LIMIT, 40)]
+
+
+async def test_a_limit_still_under_way_is_held_and_a_failed_clear_is_retried() -> None:
+    """A limit recorded as ``sent`` (the device has yet to answer) is not sent again; a clear
+    that fails is sent again after the backoff, and not once the limit has lapsed."""
+    fleet = FakeFleet([PV])
+    fleet.answers["pv"] = CommandStatus.SENT
+    dispatcher = LimitDispatcher(fleet.access(), backoff=Backoff(10, 40, jitter=0))
+    end = T0 + MINUTE
+    dispatcher.put("a", [Step(T0, end, {"pv": power_limit(40, "%", end)})])
+    await dispatcher.apply(T0)
+    await dispatcher.apply(T0 + timedelta(seconds=1))
+    fleet.answers["pv"] = CommandStatus.FAILED
+    dispatcher.drop("a")
+    for at in (2, 5, 12, 100):
+        await dispatcher.apply(T0 + timedelta(seconds=at))
+    assert [command for _, command, _ in fleet.carried_out()] == [
+        CommandType.SET_POWER_LIMIT, CommandType.CLEAR_POWER_LIMIT,
+        CommandType.CLEAR_POWER_LIMIT,
+    ]  # fmt: skip
+
+
+async def test_the_running_dispatcher_wakes_for_a_retry() -> None:
+    """Running, the dispatcher sends a failed limit again once its backoff has passed,
+    without waiting for the step's end."""
+    fleet = FakeFleet([PV])
+    fleet.answers["pv"] = CommandStatus.FAILED
+    dispatcher = LimitDispatcher(fleet.access(), backoff=Backoff(0.05, 0.05, jitter=0))
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        end = datetime.now(UTC) + 10 * MINUTE
+        dispatcher.put("a", [Step(datetime.now(UTC), end, {"pv": power_limit(20, "%", end)})])
+        await until(lambda: len(fleet.sent) == 1)
+        del fleet.answers["pv"]
+        await until(lambda: len(fleet.sent) == 2)
+    finally:
+        await cancel_and_wait(task)
+
+
+async def test_keep_only_releases_the_events_not_listed() -> None:
+    """Events missing from the VTN's list are dropped (their limits cleared), the others
+    kept."""
+    fleet = FakeFleet([PV, BATTERY])
+    dispatcher = LimitDispatcher(fleet.access())
+    end = T0 + MINUTE
+    dispatcher.put("a", [Step(T0, end, {"pv": power_limit(40, "%", end)})])
+    dispatcher.put("b", [Step(T0, end, {"bat": power_limit(30, "%", end)})])
+    await dispatcher.apply(T0)
+    assert dispatcher.keep_only({"b", "c"}) == ["a"]
+    await dispatcher.apply(T0)
+    assert fleet.carried_out()[-1] == ("pv", CommandType.CLEAR_POWER_LIMIT, None)
+    assert list(dispatcher.desired(T0)) == ["bat"]
+
+
+async def test_the_ven_tells_where_it_stands() -> None:
+    """Before run: not started; with no VTN listening: vtn unreachable; once ended:
+    stopped."""
+    link = ven(FakeFleet([PV]))
+    assert link.state == "not started"
+    task = asyncio.create_task(link.run())
+    try:
+        await until(lambda: link.state == "vtn unreachable")
+    finally:
+        await cancel_and_wait(task)
+        await link.aclose()
+    assert link.state == "stopped"

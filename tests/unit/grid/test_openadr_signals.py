@@ -159,6 +159,7 @@ def test_the_first_signal_a_rule_reads_is_used() -> None:
     [
         {"cert_path": "/tmp/c.pem"},
         {"cert_path": "/tmp/c.pem", "key_path": "/tmp/k.pem"},
+        {"ca_path": "/tmp/ca.pem"},
         {"programmes": [{"group": "g"}, {"group": "h", "resource_id": "g"}]},
         {"programmes": [{"group": "g", "signals": [{"levels": {1: 150}}]}]},
         {"programmes": []},
@@ -167,9 +168,33 @@ def test_the_first_signal_a_rule_reads_is_used() -> None:
     ],
 )
 def test_inconsistent_settings_are_refused(changes: dict[str, Any]) -> None:
-    """A certificate without its key or without a CA, two programmes with one resource id, a
-    level above 100 %, no programme, a non-HTTP URL or a backoff cap below its start."""
+    """A certificate without its key or without a CA, a CA without a client certificate
+    (openleadr would ignore it), two programmes with one resource id, a level above 100 %, no
+    programme, a non-HTTP URL or a backoff cap below its start."""
     settings = {"vtn_url": "http://vtn/OpenADR2/Simple/2.0b", "ven_name": "v",
                 "programmes": [{"group": "g"}]} | changes  # fmt: skip
     with pytest.raises(ValidationError):
         OpenAdrConfig.model_validate(settings)
+
+
+@pytest.mark.parametrize(
+    ("changes", "weak"),
+    [
+        ({}, ["plain http", "no vtn_fingerprint"]),
+        ({"vtn_url": "https://vtn/OpenADR2/Simple/2.0b"}, ["no vtn_fingerprint"]),
+        ({"vtn_url": "https://vtn/b", "vtn_fingerprint": "AB:CD"}, []),
+        ({"vtn_url": "https://vtn/b", "vtn_fingerprint": "AB:CD", "check_hostname": False}, []),
+        (
+            {"vtn_url": "https://vtn/b", "vtn_fingerprint": "AB:CD", "check_hostname": False,
+             "cert_path": "/c.pem", "key_path": "/k.pem", "ca_path": "/ca.pem"},
+            ["check_hostname is false"],
+        ),
+    ],
+)  # fmt: skip
+def test_weak_security_settings_are_named(changes: dict[str, Any], weak: list[str]) -> None:
+    """Plain http, no VTN fingerprint and (with the client certificate that makes openleadr
+    use it) check_hostname false are each named once; a fully checked VTN gives none."""
+    settings = {"vtn_url": "http://vtn/OpenADR2/Simple/2.0b", "ven_name": "v",
+                "programmes": [{"group": "g"}]} | changes  # fmt: skip
+    found = OpenAdrConfig.model_validate(settings).weaknesses()
+    assert [line.split(":")[0] for line in found] == weak

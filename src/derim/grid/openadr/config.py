@@ -122,8 +122,8 @@ class OpenAdrConfig(_Strict):
         1.0,
         gt=0,
         le=60,
-        description="First wait, s, after the "
-        "VTN could not be reached; doubled up to ``retry_max_s``.",
+        description="First wait, s, after the VTN could not be reached; doubled up to "
+        "``retry_max_s``, each wait plus up to 10 % at random.",
     )
     retry_max_s: float = Field(60.0, gt=0, le=3600)
     programmes: list[Programme] = Field(min_length=1, max_length=64)
@@ -134,9 +134,27 @@ class OpenAdrConfig(_Strict):
             raise ValueError("give cert_path and key_path together")
         if self.cert_path is not None and self.ca_path is None:
             raise ValueError("a client certificate needs ca_path to check the VTN's")
+        if self.ca_path is not None and self.cert_path is None:
+            raise ValueError(
+                "ca_path is only used with a client certificate (cert_path, key_path); "
+                "without one the VTN would be checked against the system CAs instead"
+            )
         if self.retry_max_s < self.retry_initial_s:
             raise ValueError("retry_max_s is below retry_initial_s")
         resources = [p.resource for p in self.programmes]
         if len(set(resources)) != len(resources):
             raise ValueError("two programmes have the same resource id")
         return self
+
+    def weaknesses(self) -> list[str]:
+        """What in these settings leaves the link open to eavesdropping or a forged VTN, one
+        line each (logged at start)."""
+        plain = self.vtn_url.startswith("http://")
+        found = []
+        if plain:
+            found.append("plain http: messages to and from the VTN travel unencrypted")
+        if self.vtn_fingerprint is None:
+            found.append("no vtn_fingerprint: the VTN's messages are taken without a signature")
+        if not plain and self.cert_path is not None and not self.check_hostname:
+            found.append("check_hostname is false: any host with a certificate from ca_path passes")
+        return found

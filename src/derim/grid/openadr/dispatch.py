@@ -1,5 +1,6 @@
 """Keeps each device at the most restrictive limit that the active steps of all accepted
-events give it, sending a command at each step's start and clearing a limit lifted early."""
+events give it, sending a command at each step's start, clearing a limit lifted early and
+sending again, after a backoff, what a device did not take."""
 
 from __future__ import annotations
 
@@ -7,30 +8,56 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from derim.grid.fleet import FleetAccess, submit_each
+from derim.adapters.base import Backoff
+from derim.grid.fleet import FleetAccess, Outcome, submit_each
 from derim.grid.openadr.signals import SOURCE, Step
-from derim.models.command import CommandRequest, CommandType
+from derim.models.command import CommandRequest, CommandStatus, CommandType
 
 log = logging.getLogger(__name__)
 CLEAR = CommandRequest(command=CommandType.CLEAR_POWER_LIMIT, source=SOURCE)
 Clock = Callable[[], datetime]
+TAKEN = frozenset({CommandStatus.ACKNOWLEDGED, CommandStatus.SENT})
+"""A device holds a command the control layer records at these statuses (``sent``: the
+device has yet to answer; the control layer completes the record)."""
+RETRY_BACKOFF = Backoff(initial_s=5.0, max_s=300.0)
+"""Waits before sending again a command a device did not take."""
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """A command a device did not take: sent again at ``due`` if still wanted."""
+
+    request: CommandRequest
+    failures: int
+    due: datetime
 
 
 class LimitDispatcher:
     """The steps of every accepted event, applied to the devices through the control layer.
 
     A limit sent for a step lapses by itself at the step's end (``expires_at``); one lifted
-    before its end (the event cancelled or changed) is cleared with ``clear_power_limit``.
+    before its end (the event cancelled or changed) is cleared with ``clear_power_limit``. A
+    command the device did not take (refused, failed, timed out) is sent again after a capped
+    backoff for as long as it is still wanted.
     """
 
-    def __init__(self, fleet: FleetAccess, clock: Clock = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        fleet: FleetAccess,
+        clock: Clock = lambda: datetime.now(UTC),
+        backoff: Backoff = RETRY_BACKOFF,
+    ) -> None:
         self.fleet = fleet
         self.clock = clock
+        self.backoff = backoff
         self._plans: dict[str, Sequence[Step]] = {}
         self._applied: dict[str, CommandRequest] = {}
+        """The limit each device took (acknowledged, or sent and under way)."""
+        self._retries: dict[str, _Retry] = {}
         self._changed = asyncio.Event()
 
     def put(self, event_id: str, steps: Sequence[Step]) -> None:
@@ -43,50 +70,89 @@ class LimitDispatcher:
         if self._plans.pop(event_id, None) is not None:
             self._changed.set()
 
-    @property
-    def event_ids(self) -> list[str]:
-        """The events being carried out."""
-        return list(self._plans)
+    def keep_only(self, event_ids: Collection[str]) -> list[str]:
+        """Stop carrying out every event not in ``event_ids``; the ones dropped."""
+        dropped = [key for key in self._plans if key not in event_ids]
+        for key in dropped:
+            self.drop(key)
+        return dropped
 
     async def run(self) -> None:
-        """Apply what is due, then sleep until the next step starts or ends or events change."""
+        """Apply what is due, then sleep until the next step starts or ends, a retry is due
+        or events change."""
         while True:
             self._changed.clear()
             try:
                 await self.apply(self.clock())
             except Exception:  # a bug must not end demand response for good: log, go on
                 log.exception("openadr: applying event limits failed")
-            wake = self._next_boundary(self.clock())
+            wake = self._next_wake(self.clock())
             delay = None if wake is None else max(0.0, (wake - self.clock()).total_seconds())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._changed.wait()
 
     async def apply(self, now: datetime) -> None:
-        """Send each device the limit due at ``now`` if it differs from the last one sent;
-        clear a limit no step holds any more before it lapsed."""
+        """Send each device the limit due at ``now`` unless it holds it already; clear a limit
+        no step holds any more before it lapsed; resend what a device did not take once its
+        retry is due."""
         self._forget_ended(now)
         wanted = self.desired(now)
+        concerned = [*wanted, *(d for d in self._applied if d not in wanted)]
+        for device_id in self._retries.keys() - set(concerned):
+            del self._retries[device_id]
         batches: dict[str, tuple[CommandRequest, list[str]]] = {}
-        for device_id, request in wanted.items():
-            if self._applied.get(device_id) != request:
+        for device_id in concerned:
+            request = self._due(device_id, wanted.get(device_id), now)
+            if request is not None:
                 batches.setdefault(request.model_dump_json(), (request, []))[1].append(device_id)
-        lifted = []
-        for device_id in [d for d in self._applied if d not in wanted]:
-            previous = self._applied.pop(device_id)
-            if previous.expires_at is None or previous.expires_at > now:
-                lifted.append(device_id)
-        if lifted:
-            batches["clear"] = (CLEAR, lifted)
         for request, device_ids in batches.values():
             for outcome in await submit_each(self.fleet, device_ids, request):
-                if not outcome.acknowledged:
-                    status = outcome.describe()
-                    log.warning(
-                        "openadr %s to %s: %s", request.command.value, outcome.device_id, status
-                    )
+                self._settle(outcome, request, now)
+
+    def _due(
+        self, device_id: str, wanted: CommandRequest | None, now: datetime
+    ) -> CommandRequest | None:
+        """The command ``device_id`` needs at ``now`` to hold ``wanted`` (None: no limit), or
+        None when it holds it or the retry of that command is not due yet."""
+        held = self._applied.get(device_id)
+        if held is not None and held.expires_at is not None and held.expires_at <= now:
+            del self._applied[device_id]
+            held = None
+        if wanted == held:
+            self._retries.pop(device_id, None)
+            return None
+        request = CLEAR if wanted is None else wanted
+        retry = self._retries.get(device_id)
+        if retry is not None and retry.request != request:
+            del self._retries[device_id]
+        elif retry is not None and retry.due > now:
+            return None
+        return request
+
+    def _settle(self, outcome: Outcome, request: CommandRequest, now: datetime) -> None:
+        """Remember what the device took, or when to try again."""
+        device_id = outcome.device_id
+        taken = outcome.result is not None and outcome.result.status in TAKEN
+        if taken:
+            self._retries.pop(device_id, None)
             if request.command is CommandType.SET_POWER_LIMIT:
-                self._applied.update(dict.fromkeys(device_ids, request))
+                self._applied[device_id] = request
+            else:
+                self._applied.pop(device_id, None)
+            return
+        previous = self._retries.get(device_id)
+        failures = 1 if previous is None else previous.failures + 1
+        wait = timedelta(seconds=self.backoff.delay(failures))
+        self._retries[device_id] = _Retry(request, failures, now + wait)
+        log.log(
+            logging.WARNING if failures == 1 else logging.DEBUG,
+            "openadr %s to %s: %s; trying again in %.0f s",
+            request.command.value,
+            device_id,
+            outcome.describe(),
+            wait.total_seconds(),
+        )
 
     def desired(self, now: datetime) -> dict[str, CommandRequest]:
         """Each device's most restrictive limit among the steps active at ``now``."""
@@ -115,8 +181,8 @@ class LimitDispatcher:
             return value / 100 * device.rated_power_kw
         return value
 
-    def _next_boundary(self, now: datetime) -> datetime | None:
-        """The next instant after ``now`` at which a step starts or ends."""
+    def _next_wake(self, now: datetime) -> datetime | None:
+        """The next instant after ``now`` at which a step starts or ends or a retry is due."""
         instants = [
             instant
             for steps in self._plans.values()
@@ -124,4 +190,5 @@ class LimitDispatcher:
             for instant in (step.start, step.end)
             if instant is not None and instant > now
         ]
+        instants.extend(retry.due for retry in self._retries.values() if retry.due > now)
         return min(instants, default=None)

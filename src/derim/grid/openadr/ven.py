@@ -3,7 +3,8 @@
 It registers with the VTN (retrying with capped backoff while the VTN cannot be reached),
 offers a TELEMETRY_USAGE report of each programme group's active power, answers each event
 with optIn or optOut and hands the accepted events' steps to a ``LimitDispatcher``, which
-sends the limits through the control layer (source ``openadr``).
+sends the limits through the control layer (source ``openadr``). An event the VTN stops
+distributing without cancelling it counts as cancelled (OpenADR 2.0b).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 from openleadr import OpenADRClient, objects  # type: ignore[import-untyped]
 
+from derim.adapters.base import Backoff
 from derim.errors import ConfigError, DerimError, TransportError
 from derim.grid.fleet import FleetAccess, fresh
 from derim.grid.openadr.config import OpenAdrConfig, Programme, SignalRule
@@ -50,6 +52,12 @@ REMEMBERED_OPTS = 1000
 REPORT_SPECIFIER = "DERIM-TELEMETRY"
 ENDED = ("cancelled", "completed")
 Reading = list[tuple[datetime, float]]
+NOT_STARTED = "not started"
+REGISTERING = "registering"
+UNREACHABLE = "vtn unreachable"
+REGISTERED = "registered"
+LOST = "vtn lost"
+STOPPED = "stopped"
 
 
 class OpenAdrVen:
@@ -66,24 +74,38 @@ class OpenAdrVen:
         self.ven_id = config.ven_id
         """The venID: the configured one, else the one the VTN gave at the last registration."""
         self._opts: dict[str, str] = {}
+        self._phase = NOT_STARTED
         self._last_contact = 0.0
         self._lost = False
         self._replaced_senders: list[asyncio.Task[None]] = []
         self._running: asyncio.Task[None] | None = None
         self._dispatching: asyncio.Task[None] | None = None
 
+    @property
+    def state(self) -> str:
+        """Where the link stands: ``not started``, ``registering``, ``vtn unreachable`` (tries
+        failing), ``registered``, ``vtn lost`` (registered, polls unanswered) or ``stopped``."""
+        if self._phase == REGISTERED and self._lost:
+            return LOST
+        return self._phase
+
     async def run(self) -> None:
         """Register, then follow the VTN until cancelled; register again if the VTN ends the
         registration. Never raises for the VTN's sake."""
+        for weakness in self.config.weaknesses():
+            log.warning("openadr: weak security towards %s: %s", self.config.vtn_url, weakness)
         self._running = asyncio.current_task()
         self._dispatching = asyncio.create_task(self.dispatcher.run(), name="derim-openadr")
         try:
             while True:
+                self._phase, self._lost = REGISTERING, False
                 self.client = await self._registered_client()
+                self._phase = REGISTERED
                 await self._follow(self.client)
                 log.warning("openadr: registration with the VTN ended; registering again")
                 await self._stop_client()
         finally:
+            self._phase = STOPPED
             await self._stop_client()
             await cancel_and_wait(self._dispatching)
 
@@ -194,24 +216,24 @@ class OpenAdrVen:
     async def _registered_client(self) -> OpenADRClient:
         """A client registered with the VTN, after as many tries as it takes; the first
         failure is logged as a warning, later ones at debug."""
-        delay, failures = self.config.retry_initial_s, 0
+        backoff = Backoff(initial_s=self.config.retry_initial_s, max_s=self.config.retry_max_s)
+        failures = 0
         while True:
             try:
                 client = await self._register()
             except TransportError as exc:
+                self._phase = UNREACHABLE
                 if failures == 0:
-                    url, most = self.config.vtn_url, self.config.retry_max_s
                     log.warning(
-                        "openadr: VTN %s not available (%s); retrying at most %g s apart",
-                        url,
+                        "openadr: VTN %s not available (%s); retrying, waits growing to %g s",
+                        self.config.vtn_url,
                         exc,
-                        most,
+                        backoff.max_s,
                     )
                 else:
                     log.debug("openadr: VTN still not available: %s", exc)
                 failures += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max_s)
+                await asyncio.sleep(backoff.delay(failures))
                 continue
             log.info(
                 "openadr: registered with %s as venID %s (%d failed tries before)",
@@ -252,14 +274,29 @@ class OpenAdrVen:
                 log.info("openadr: VTN %s answering again", self.config.vtn_url)
             self._lost = silent
 
-    def _contact(self, message_type: str, payload: object) -> None:
+    def _contact(self, client: OpenADRClient, message_type: str, payload: object) -> None:
         """openleadr hook: a message from the VTN was parsed. Before openleadr re-registers
         (asked to by the VTN) it starts a new report sender without stopping the old one,
         which is kept here to be stopped with the client."""
         self._last_contact = time.monotonic()
-        sender = None if self.client is None else self.client.report_queue_task
+        sender = client.report_queue_task
         if message_type == "oadrRequestReregistration" and sender is not None:
             self._replaced_senders.append(sender)
+        elif message_type == "oadrDistributeEvent" and isinstance(payload, Mapping):
+            self._distributed(client, payload.get("events") or [])
+
+    def _distributed(self, client: OpenADRClient, events: list[Event]) -> None:
+        """An oadrDistributeEvent lists every event the VTN holds for this VEN: release the
+        ones it no longer lists, and have openleadr forget them too, so that one coming back
+        is planned again rather than answered from openleadr's memory."""
+        listed = {event_id(event) for event in events}
+        for key in self.dispatcher.keep_only(listed):
+            log.info("openadr: event %s no longer distributed by the VTN: released", key)
+        for key in [k for k in self._opts if k not in listed]:
+            del self._opts[key]
+        client.received_events[:] = [e for e in client.received_events if event_id(e) in listed]
+        for key in [k for k in client.responded_events if k not in listed]:
+            del client.responded_events[key]
 
     def _new_client(self) -> OpenADRClient:
         config = self.config
@@ -279,7 +316,7 @@ class OpenAdrVen:
         )
         client.add_handler("on_event", self.handle_event)
         client.add_handler("on_update_event", self.handle_event)
-        client.add_hook("after_parse_xml", self._contact)
+        client.add_hook("after_parse_xml", partial(self._contact, client))
         shortest = timedelta(seconds=config.report_interval_s)
         longest = max(shortest, timedelta(hours=1))
         for programme in config.programmes:
