@@ -245,7 +245,10 @@ async def test_an_address_in_use_is_a_transport_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        outstation = Dnp3Outstation(Dnp3Config(port=port), FleetAccess(submit, list, latest))
+        config = Dnp3Config(
+            port=port, binary_inputs=[{"index": 0, "group": "site", "kind": "online"}]
+        )
+        outstation = Dnp3Outstation(config, FleetAccess(submit, list, latest))
         with pytest.raises(TransportError, match=f"127.0.0.1:{port}"):
             await outstation.run()
     await outstation.aclose()

@@ -279,3 +279,9 @@ def test_a_group_succeeds_only_if_every_member_did() -> None:
     assert combined_status([ok, ok]) is ok
     assert combined_status([ok, busy, gone]) is busy
     assert combined_status([]) is ControlStatus.NOT_SUPPORTED
+
+
+def test_an_outstation_without_points_is_refused() -> None:
+    """A DNP3 block that maps no point at all is a configuration error, not a hung master."""
+    with pytest.raises(ValidationError, match="at least one point"):
+        Dnp3Config()

@@ -154,7 +154,11 @@ class Dnp3Config(_Strict):
 
     @model_validator(mode="after")
     def _unique_indexes(self) -> Dnp3Config:
-        for name in ("analog_inputs", "binary_inputs", "analog_outputs", "binary_outputs"):
+        kinds = ("analog_inputs", "binary_inputs", "analog_outputs", "binary_outputs")
+        if not any(getattr(self, name) for name in kinds):
+            # A master's start-up integrity scan of an outstation with no points never ends.
+            raise ValueError("map at least one point (analog/binary inputs or outputs)")
+        for name in kinds:
             indexes = [point.index for point in getattr(self, name)]
             repeated = sorted({i for i in indexes if indexes.count(i) > 1})
             if repeated:
