@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     anomaly_scan_interval_s: float | None = _setting(900.0, "anomaly_scan_interval_s", gt=0)
     """How often every device's last day is scanned for anomalies (new ones are streamed as
     events); None: only when asked (``GET /api/v1/twin/{id}/anomalies``)."""
+    forecast_refresh_interval_s: float | None = _setting(900.0, "forecast_refresh_interval_s", gt=0)
+    """How often the next 24 h power forecast of every device with a trained (selected) model is
+    made and stored (InfluxDB: measurement ``forecast``, for Grafana); None: only when served."""
     stream_compression: bool = _setting(False, "stream_compression")
     """Offer permessage-deflate on the stream's WebSocket: JSON shrinks ~5x, but every client's
     copy is compressed on its own, which costs more CPU than the wire saves on a LAN."""

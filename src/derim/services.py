@@ -232,6 +232,11 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         if settings.anomaly_scan_interval_s is not None:
             scanning = asyncio.create_task(_scan_anomalies(services), name="derim-anomaly-scan")
             stack.push_async_callback(cancel_and_wait, scanning)
+        if settings.forecast_refresh_interval_s is not None:
+            refreshing = asyncio.create_task(
+                _refresh_forecasts(services), name="derim-forecast-refresh"
+            )
+            stack.push_async_callback(cancel_and_wait, refreshing)
         yield services
 
 
@@ -307,6 +312,16 @@ async def _scan_anomalies(services: Services) -> None:
     while True:
         await asyncio.sleep(interval)
         await services.twin.scan_all(timedelta(days=1))
+
+
+async def _refresh_forecasts(services: Services) -> None:
+    """Make and store the next day's power forecast of every device with a selected model,
+    periodically (Grafana's device dashboard plots them from InfluxDB)."""
+    interval = services.settings.forecast_refresh_interval_s
+    assert interval is not None
+    while True:
+        await asyncio.sleep(interval)
+        await services.twin.refresh_forecasts()
 
 
 async def _maintain(services: Services) -> None:

@@ -1,6 +1,6 @@
 """The provisioned Grafana dashboards (deploy/grafana/dashboards): well-formed, on the provisioned
-datasources, their InfluxQL answered with data by a real influxd holding telemetry DERIM wrote,
-their PromQL naming only metrics that ``derim serve`` exposes at /metrics."""
+datasources, their InfluxQL answered with data by a real influxd holding telemetry and forecasts
+DERIM wrote, their PromQL naming only metrics that ``derim serve`` exposes at /metrics."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from derim.models.telemetry import (
     MeterTelemetry,
     SolarTelemetry,
 )
+from derim.storage.base import ForecastPoint
 from derim.storage.influx import InfluxStore
 
 pytestmark = pytest.mark.integration
@@ -44,6 +45,10 @@ PROMETHEUS = "prometheus"
 DEVICES = ("pv-1", "battery-1", "meter-1", "evse-1")
 INTERVAL = "1m"
 """What ``$__interval`` stands for while the queries run."""
+FORECAST_DEVICE = "pv-1"
+FORECAST_STEP = timedelta(minutes=15)
+RELATIVE_TIME = re.compile(r"^now(?:([+-])(\d+)([mhd]))?$")
+TIME_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 
 _TARGET = {
     "type": "object",
@@ -235,18 +240,29 @@ def fleet(now: datetime) -> list[DERTelemetry]:
     return records
 
 
+def forecast(now: datetime) -> list[ForecastPoint]:
+    """A day of 15-min PV power forecast (kW) from the next quarter hour after ``now``."""
+    first = now - (now - datetime(2000, 1, 1, tzinfo=UTC)) % FORECAST_STEP + FORECAST_STEP
+    return [
+        ForecastPoint(first + step * FORECAST_STEP, 1.0 + step / 100, 2.0 + step / 100, 3.0)
+        for step in range(96)
+    ]
+
+
 async def _write_fleet(server: InfluxServer, database: str, now: datetime) -> None:
     store = InfluxStore(server.url, database, timeout_s=10.0)
     await store.open()
     try:
         await store.write(fleet(now))
+        await store.write_forecast(FORECAST_DEVICE, "seasonal_daily", now, forecast(now))
     finally:
         await store.close()
 
 
 @pytest.fixture(scope="module")
 def telemetry_db(influxd: InfluxServer) -> Iterator[tuple[str, datetime]]:
-    """A database holding the fleet's telemetry, written through DERIM's InfluxStore."""
+    """A database holding the fleet's telemetry and a forecast of the PV inverter, written
+    through DERIM's InfluxStore."""
     database = f"grafana_{os.getpid()}"
     now = datetime.now(UTC).replace(microsecond=0)
     asyncio.run(_write_fleet(influxd, database, now))
@@ -254,11 +270,24 @@ def telemetry_db(influxd: InfluxServer) -> Iterator[tuple[str, datetime]]:
     httpx.post(f"{influxd.url}/query", data={"q": f'DROP DATABASE "{database}"'})
 
 
-def grafana_substitute(query: str, now: datetime, device_id: str) -> str:
-    """``query`` as Grafana sends it for the last three hours, a 1 min interval and one device
-    (a single-valued variable goes in as it is)."""
-    start_ms = int((now - timedelta(hours=3)).timestamp() * 1000)
-    end_ms = int(now.timestamp() * 1000) + 1
+def default_range(dashboard: str, now: datetime) -> tuple[datetime, datetime]:
+    """The dashboard's default time range (``now``, ``now-6h``, ``now+24h``, ...) at ``now``."""
+    bounds = []
+    for text in (DASHBOARDS[dashboard]["time"]["from"], DASHBOARDS[dashboard]["time"]["to"]):
+        match = RELATIVE_TIME.match(text)
+        assert match is not None, f"{dashboard}: time {text!r} is not relative to now"
+        sign, count, unit = match.groups()
+        offset = TIME_UNITS[unit] * int(count) if count else timedelta(0)
+        bounds.append(now - offset if sign == "-" else now + offset)
+    return bounds[0], bounds[1]
+
+
+def grafana_substitute(query: str, dashboard: str, now: datetime, device_id: str) -> str:
+    """``query`` as Grafana sends it over the dashboard's default range, with a 1 min interval
+    and one device (a single-valued variable goes in as it is)."""
+    start, end = default_range(dashboard, now)
+    start_ms = int(start.timestamp() * 1000)
+    end_ms = int(end.timestamp() * 1000) + 1
     return (
         query.replace("$timeFilter", f"time >= {start_ms}ms and time <= {end_ms}ms")
         .replace("$__interval", INTERVAL)
@@ -293,12 +322,48 @@ def test_influxql_query_returns_data(
     """With Grafana's variables filled in, the query runs and returns values (for at least one
     device where it has a device variable)."""
     database, now = telemetry_db
+    dashboard = where.split(":", 1)[0]
     devices = DEVICES if "$device_id" in query else DEVICES[:1]
-    statements = [grafana_substitute(query, now, device) for device in devices]
+    statements = [grafana_substitute(query, dashboard, now, device) for device in devices]
     for statement in statements:
         assert re.search(r"\$\w", statement) is None, f"unsubstituted variable in {statement}"
     results = [run_influxql(influxd, database, statement) for statement in statements]
     assert any(has_values(result) for result in results), f"{where}: no data for {statements}"
+
+
+def test_forecast_panel_plots_the_stored_forecast_ahead_of_measured_power(
+    influxd: InfluxServer, telemetry_db: tuple[str, datetime]
+) -> None:
+    """On the device dashboard's default range, the forecast panel's queries return the measured
+    power up to now and the stored P10/P50/P90, by model, at their future target times."""
+    database, now = telemetry_db
+    (panel,) = [
+        p
+        for p in DASHBOARDS["device-telemetry.json"]["panels"]
+        if any('FROM "forecast"' in t["query"] for t in p.get("targets", []))
+    ]
+    measured, predicted = (
+        run_influxql(
+            influxd,
+            database,
+            grafana_substitute(t["query"], "device-telemetry.json", now, FORECAST_DEVICE),
+        )
+        for t in panel["targets"]
+    )
+    assert has_values(measured)
+    assert "power_kw" in panel["targets"][0]["query"]
+    (series,) = predicted["series"]
+    assert series["tags"] == {"model": "seasonal_daily"}
+    assert series["columns"] == ["time", "p10", "p50", "p90"]
+    written = {to_iso(p.time): [p.p10, p.p50, p.p90] for p in forecast(now)}
+    returned = {row[0]: row[1:] for row in series["values"]}
+    assert returned == written
+    assert min(returned) > to_iso(now)
+
+
+def to_iso(value: datetime) -> str:
+    """The RFC 3339 form InfluxDB answers with for a whole-second UTC instant."""
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_device_variable_lists_every_device(

@@ -16,7 +16,9 @@ import pytest
 from api_server import ApiServer
 from modbus_server import RegisterServer
 
+from derim.storage.sqlite import SQLiteStore
 from derim.twin.datasets import greensboro_pv, replay, simbench_load
+from twin_helpers import MODEL, recent_readings, save_quick_model
 
 DAYS = 60
 DEVICE = "pv-gso"
@@ -232,3 +234,29 @@ def test_what_if_on_served_forecasts(client: httpx.Client) -> None:
     invalid = client.post("/api/v1/twin/whatif", json={**request, "changes": {"pv_scale": -1}})
     assert invalid.status_code == 422
     assert "pv_scale" in invalid.text
+
+
+async def test_a_served_forecast_is_stored_as_the_devices_latest(api: ApiServer) -> None:
+    """GET /api/v1/forecast of the selected model stores what it answered: after the server
+    stops, the SQLite file holds the same model and P10/P50/P90 at the same times."""
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        created = await http.post("/api/v1/devices", json={"id": "pv-q", "device_type": "solar_pv"})
+        assert created.status_code == 201, created.text
+        readings = [r.model_dump(mode="json") for r in recent_readings("pv-q")]
+        assert (await http.post("/api/v1/telemetry", json=readings)).status_code == 202
+        save_quick_model(api.settings.data_dir / "twin", "pv-q")
+        response = await http.get("/api/v1/forecast/pv-q", params={"horizon": "6h"})
+    assert response.status_code == 200, response.text
+    served = response.json()
+    api.stop()
+    store = SQLiteStore(api.settings.database_path)
+    await store.open()
+    try:
+        stored = await store.latest_forecast("pv-q")
+    finally:
+        await store.close()
+    assert stored is not None
+    assert (stored.model, len(stored.points)) == (served["model"], 24) == (MODEL, 24)
+    assert [
+        {"timestamp": p.time, "p10": p.p10, "p50": p.p50, "p90": p.p90} for p in stored.points
+    ] == [{**p, "timestamp": datetime.fromisoformat(p["timestamp"])} for p in served["points"]]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
-from derim.errors import InvalidRequestError
+from derim.errors import InvalidRequestError, StorageError
 from derim.models.telemetry import DERTelemetry, telemetry_fields
 
 FIELD_TYPES: dict[str, type] = telemetry_fields()
@@ -144,6 +145,34 @@ class StoreHealth:
     extra: dict[str, int | float | str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ForecastPoint:
+    """One step of a stored power forecast: its interval start (UTC) and P10/P50/P90 in kW."""
+
+    time: datetime
+    p10: float
+    p50: float
+    p90: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredForecast:
+    """A device's last issued power forecast: the model, when it was issued, its steps."""
+
+    device_id: str
+    model: str
+    issued_at: datetime
+    points: tuple[ForecastPoint, ...]
+
+
+def forecast_rows(points: Sequence[ForecastPoint]) -> list[tuple[int, float, float, float]]:
+    """``(epoch ms, p10, p50, p90)`` rows of a forecast; ``StorageError`` on a non-finite value."""
+    rows = [(to_epoch_ms(p.time), float(p.p10), float(p.p50), float(p.p90)) for p in points]
+    if not all(math.isfinite(v) for row in rows for v in row[1:]):
+        raise StorageError("forecast values must be finite numbers")
+    return rows
+
+
 class Store(Protocol):
     """A telemetry time-series backend."""
 
@@ -164,8 +193,16 @@ class Store(Protocol):
     async def latest(self, device_ids: Sequence[str]) -> dict[str, dict[str, object]]:
         """The most recent record of each device that has data, as a field dict."""
 
+    async def write_forecast(
+        self, device_id: str, model: str, issued_at: datetime, points: Sequence[ForecastPoint]
+    ) -> None:
+        """Store a power forecast (kW) issued at ``issued_at``; it becomes the device's latest."""
+
+    async def latest_forecast(self, device_id: str) -> StoredForecast | None:
+        """The forecast last issued for the device, or None when it has none."""
+
     async def delete_device(self, device_id: str) -> None:
-        """Delete every stored reading of one device."""
+        """Delete every stored reading and forecast of one device."""
 
     async def apply_retention(self, older_than_ms: int) -> None:
         """Delete raw readings older than ``older_than_ms`` (epoch ms)."""

@@ -26,14 +26,19 @@ import orjson
 
 from derim.errors import StorageError, StorageUnavailableError
 from derim.models.telemetry import DERTelemetry
+from derim.storage import influx_forecast as forecasts
 from derim.storage.base import (
     FIELD_TYPES,
     Aggregation,
+    ForecastPoint,
     Order,
+    StoredForecast,
     StoreHealth,
     TelemetryPage,
     TelemetryQuery,
     encode_cursor,
+    forecast_rows,
+    to_epoch_ms,
 )
 
 log = logging.getLogger(__name__)
@@ -82,13 +87,17 @@ class _DatabaseMissingError(StorageError):
 # ---------------------------------------------------------------- line protocol
 
 
+def _tag_value(value: str, what: str = "device id") -> str:
+    """A tag value with commas, equals signs and spaces escaped for line protocol."""
+    if _UNREPRESENTABLE_TAG.search(value):
+        raise StorageError(f"{what} {value!r} cannot be stored as an InfluxDB tag")
+    return value.replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
+
+
 @functools.lru_cache(maxsize=65_536)
 def _series_key(device_id: str) -> bytes:
-    """``telemetry,device_id=<id>`` with commas, equals signs and spaces escaped (cached per id)."""
-    if _UNREPRESENTABLE_TAG.search(device_id):
-        raise StorageError(f"device id {device_id!r} cannot be stored as an InfluxDB tag")
-    escaped = device_id.replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
-    return f"{MEASUREMENT},{TAG}={escaped}".encode()
+    """``telemetry,device_id=<id>``, escaped (cached per id)."""
+    return f"{MEASUREMENT},{TAG}={_tag_value(device_id)}".encode()
 
 
 def _quote_text(value: object) -> bytes:
@@ -455,6 +464,31 @@ class InfluxStore:
             await self._ensure_database()
             await self._post("/write", params=self._write_params, content=body, headers=headers)
 
+    async def write_forecast(
+        self, device_id: str, model: str, issued_at: datetime, points: Sequence[ForecastPoint]
+    ) -> None:
+        """Write a power forecast (kW) to measurement ``forecast``, one point per step at its
+        target time (an empty one is ignored)."""
+        rows = forecast_rows(points)
+        if not rows:
+            return
+        body = forecasts.forecast_lines(
+            _tag_value(device_id), _tag_value(model, "model"), to_epoch_ms(issued_at), rows
+        )
+        if not self._database_ready:
+            await self._ensure_database()
+        await self._write_body(body)
+
+    async def latest_forecast(self, device_id: str) -> StoredForecast | None:
+        """The device's last issued forecast (largest ``issued_ms``), or None."""
+        found = await self._select(forecasts.LATEST_ISSUE, {"device_id": device_id})
+        issued_ms = forecasts.latest_issue_ms(found)
+        if issued_ms is None:
+            return None
+        params = {"device_id": device_id, "issued_ms": issued_ms}
+        steps = await self._select(forecasts.ISSUE_POINTS, params)
+        return forecasts.stored_forecast(device_id, issued_ms, steps)
+
     # ---------------------------------------------------------------- reads
 
     async def query(self, query: TelemetryQuery) -> TelemetryPage:
@@ -498,9 +532,10 @@ class InfluxStore:
     # ---------------------------------------------------------------- maintenance
 
     async def delete_device(self, device_id: str) -> None:
-        """Drop the device's series (every reading it has)."""
+        """Drop the device's series (every reading it has) and its forecasts."""
         statement = f"DROP SERIES FROM {_quote_ident(MEASUREMENT)} WHERE {_quote_ident(TAG)} = $id"
         await self._select(statement, {"id": device_id})
+        await self._select(forecasts.DROP_DEVICE, {"id": device_id})
 
     async def apply_retention(self, older_than_ms: int) -> None:
         """Delete readings older than ``older_than_ms`` (epoch ms).

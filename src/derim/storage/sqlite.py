@@ -27,11 +27,14 @@ from typing import Any, TypeVar
 
 from derim.errors import StorageError, StorageUnavailableError
 from derim.models.telemetry import DERTelemetry
+from derim.storage import sqlite_forecast as forecasts
 from derim.storage import sqlite_schema as schema
 from derim.storage.base import (
     AGGREGATABLE_FIELDS,
     FIELD_TYPES,
+    ForecastPoint,
     Order,
+    StoredForecast,
     StoreHealth,
     TelemetryPage,
     TelemetryQuery,
@@ -118,6 +121,7 @@ class SQLiteStore:
         with conn:
             for statement in schema.create_statements():
                 conn.execute(statement)
+            forecasts.create(conn)
             tables = ["telemetry", "staging", *(schema.tier_table(t) for t in schema.TIERS)]
             for table in tables:
                 existing = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
@@ -408,23 +412,37 @@ class SQLiteStore:
             result[device_id] = record
         return result
 
+    # ---------------------------------------------------------------- forecasts
+
+    async def write_forecast(
+        self, device_id: str, model: str, issued_at: datetime, points: Sequence[ForecastPoint]
+    ) -> None:
+        """Replace the device's stored power forecast (kW) by this issue."""
+        await self._on_writer(
+            lambda: forecasts.write(self._require_writer(), device_id, model, issued_at, points)
+        )
+
+    async def latest_forecast(self, device_id: str) -> StoredForecast | None:
+        """The device's last issued forecast, or None."""
+        return await self._on_reader(lambda: forecasts.latest(self._reader(), device_id))
+
     # ---------------------------------------------------------------- maintenance
 
     async def delete_device(self, device_id: str) -> None:
-        """Delete a device's raw readings and rollups."""
+        """Delete a device's raw readings, rollups and forecast."""
         await self._on_writer(self._delete_device_sync, device_id)
 
     def _delete_device_sync(self, device_id: str) -> None:
         self._merge_sync()
         conn = self._require_writer()
         dev = self._dev_keys.get(device_id)
-        if dev is None:
-            return
         tables = ["telemetry", "rollup_dirty", *(schema.tier_table(t) for t in schema.TIERS)]
         with conn:
             conn.execute("BEGIN")
-            for table in tables:
-                conn.execute(f"DELETE FROM {table} WHERE dev = ?", (dev,))
+            forecasts.delete(conn, device_id)
+            if dev is not None:
+                for table in tables:
+                    conn.execute(f"DELETE FROM {table} WHERE dev = ?", (dev,))
 
     async def apply_retention(self, older_than_ms: int) -> None:
         """Delete raw readings older than the cut-off; rollup tiers are kept."""

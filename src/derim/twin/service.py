@@ -1,5 +1,9 @@
 """The twin inside ``derim serve``: served forecasts, background training jobs, anomaly scans.
 
+Each power forecast served from a device's selected model is also written to storage (its latest
+issue, and for InfluxDB a ``forecast`` measurement that Grafana plots); ``refresh_forecasts``
+issues the next day's forecast of every device that has a selected model.
+
 Training runs in a child process of its own (one job at a time), ended when the service closes,
 so neither the event loop nor the API's threads wait for it; torch is imported there, never in
 the serving process unless an LSTM is served. pandas, NumPy and the models' libraries (LightGBM,
@@ -29,7 +33,7 @@ from derim.errors import DerimError, NotFoundError, TwinError
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice
 from derim.storage.anomalies import AnomalyStore
-from derim.storage.base import Store
+from derim.storage.base import ForecastPoint, Store
 from derim.storage.registry import DeviceRegistry
 from derim.tasks import cancel_and_wait
 from derim.twin.anomaly_model import Anomaly
@@ -44,6 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+POWER_FIELD = "power_kw"
+"""The field whose forecasts are stored (kW)."""
+REFRESH_HORIZON = timedelta(hours=24)
+"""How far ahead ``refresh_forecasts`` forecasts."""
 RESIDUAL_WINDOW = timedelta(days=14)
 """Anomaly scans compare with a model's day-ahead forecasts for windows up to this long."""
 MAX_SCAN_WINDOW = timedelta(days=366)
@@ -164,13 +172,15 @@ class TwinService:
     async def forecast(
         self, device_id: str, field: str, horizon: pd.Timedelta, model: str | None
     ) -> tuple[Forecast, ModelInfo]:
-        """The forecast of ``field`` from now, by ``model`` or the one the backtest chose."""
+        """The forecast of ``field`` from now, by ``model`` or the one the backtest chose; a
+        ``power_kw`` forecast of the chosen model is also stored (a storage failure is logged)."""
         import pandas as pd
 
         from derim.twin.history import load_history
 
         self.registry.get(device_id)
-        name = model or self.models.selected(device_id, field)
+        selected = self.models.selected(device_id, field)
+        name = model or selected
         if name is None:
             raise NotFoundError(
                 "trained model",
@@ -182,7 +192,48 @@ class TwinService:
         end = pd.Timestamp.now(tz="UTC").floor(freq)
         start = end - pd.Timedelta(days=forecaster.context_days)
         history = await load_history(self.store, device_id, field, start, end, freq)
-        return forecaster.predict(horizon, history), served.info
+        forecast = forecaster.predict(horizon, history)
+        if field == POWER_FIELD and name == selected:
+            await self._persist(device_id, name, forecast)
+        return forecast, served.info
+
+    async def _persist(self, device_id: str, model: str, forecast: Forecast) -> None:
+        """Store a served power forecast as the device's latest; failures are only logged.
+
+        Steps without a finite value (a model's gap) are left out: the chart shows a gap.
+        """
+        import numpy as np
+
+        finite = np.isfinite(forecast.p10) & np.isfinite(forecast.p50) & np.isfinite(forecast.p90)
+        points = [
+            ForecastPoint(t.to_pydatetime(), float(lo), float(mid), float(hi))
+            for t, lo, mid, hi, ok in zip(
+                forecast.index, forecast.p10, forecast.p50, forecast.p90, finite, strict=True
+            )
+            if ok
+        ]
+        try:
+            await self.store.write_forecast(device_id, model, datetime.now(UTC), points)
+        except DerimError as exc:
+            log.warning("forecast of %s served but not stored: %s", device_id, exc)
+
+    async def refresh_forecasts(self) -> int:
+        """Issue and store the next ``REFRESH_HORIZON`` of power forecast for every device with
+        a selected model; the number of devices whose forecast was made."""
+        chosen = [d.id for d in self.registry.list() if self.models.selected(d.id, POWER_FIELD)]
+        if not chosen:
+            return 0
+        import pandas as pd
+
+        made = 0
+        for device_id in chosen:
+            try:
+                await self.forecast(device_id, POWER_FIELD, pd.Timedelta(REFRESH_HORIZON), None)
+            except DerimError as exc:
+                log.warning("forecast refresh of %s failed: %s", device_id, exc)
+                continue
+            made += 1
+        return made
 
     def _load(self, device_id: str, field: str, name: str) -> _Served:
         """The latest stored version of a model, from memory when it is unchanged."""
