@@ -6,6 +6,7 @@ friends) and raise the errors of ``derim.client.errors``. The twin's models are 
 first twin call: ``from derim.client.twin_models import Scenario, TrainRequest``.
 """
 
+from derim.api.views import DeviceView
 from derim.client.aio import AsyncDerimClient
 from derim.client.errors import (
     ApiError,
@@ -20,7 +21,7 @@ from derim.client.errors import (
     ServerUnreachableError,
     UnexpectedResponseError,
 )
-from derim.client.models import DeviceView, TelemetryPage, telemetry_frame
+from derim.client.models import TelemetryPage, telemetry_frame
 from derim.client.stream import SseStream, StreamMessage, WebSocketStream
 from derim.client.sync import DerimClient
 

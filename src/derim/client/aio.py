@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 import httpx
 
 from derim.adapters.ocpp.site import SiteView
+from derim.api.views import CreatedKey, DeviceView, RejectPage
 from derim.client import calls
 from derim.client.calls import Call, Instant, TelemetryWindow
 from derim.client.errors import DerimClientError, ServerUnreachableError, raise_for_status
-from derim.client.models import CreatedKey, DeviceView, RejectPage, TelemetryPage
+from derim.client.models import TelemetryPage
 from derim.client.stream import WebSocketStream, stream_query
 from derim.client.sync import DEFAULT_URL, auth_headers
 from derim.control.schedules import Schedule, ScheduleRequest

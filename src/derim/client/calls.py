@@ -14,9 +14,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
 from derim.adapters.ocpp.site import SiteView
+from derim.api.views import CreatedKey, DeviceView, RejectPage
 from derim.client import routes
 from derim.client.errors import UnexpectedResponseError
-from derim.client.models import CreatedKey, DeviceView, RejectPage, TelemetryPage
+from derim.client.models import TelemetryPage
 from derim.control.schedules import Schedule, ScheduleRequest
 from derim.models.command import CommandRequest, CommandResult
 from derim.models.common import DeviceType

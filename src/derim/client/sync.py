@@ -11,10 +11,11 @@ import httpx
 
 from derim import __version__
 from derim.adapters.ocpp.site import SiteView
+from derim.api.views import CreatedKey, DeviceView, RejectPage
 from derim.client import calls
 from derim.client.calls import Call, Instant, TelemetryWindow
 from derim.client.errors import DerimClientError, ServerUnreachableError, raise_for_status
-from derim.client.models import CreatedKey, DeviceView, RejectPage, TelemetryPage
+from derim.client.models import TelemetryPage
 from derim.client.stream import SseStream, stream_query
 from derim.control.schedules import Schedule, ScheduleRequest
 from derim.models.command import CommandRequest, CommandResult

@@ -22,9 +22,10 @@ import pytest
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from pydantic import BaseModel
 
+from derim.api import views
 from derim.api.app import create_app
 from derim.api.routes import stream as stream_routes
-from derim.client import AsyncDerimClient, DerimClient, calls, models, routes, twin_models
+from derim.client import AsyncDerimClient, DerimClient, calls, routes, twin_models
 from derim.client.errors import FieldError
 from derim.client.stream import WebSocketStream, stream_query
 from derim.config import load_settings
@@ -42,19 +43,18 @@ route fails ``test_every_operation_is_called_by_both_clients`` until the client 
 it is listed here)."""
 
 RESTATED: list[type[BaseModel]] = [
-    models.ConnectionStatus,
-    models.DeviceView,
-    models.RejectView,
-    models.RejectPage,
-    models.CreatedKey,
+    views.ConnectionStatus,
+    views.DeviceView,
+    views.RejectView,
+    views.RejectPage,
+    views.CreatedKey,
     twin_models.ForecastPoint,
     twin_models.ForecastResponse,
     twin_models.ModelsResponse,
     twin_models.DispatchResponse,
     FieldError,
 ]
-"""Client models that restate a route module's model; each must match the OpenAPI component
-of its name."""
+"""Models the client reads responses into; each must match the OpenAPI component of its name."""
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 ID = str(uuid.UUID(int=7))

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from derim.api.auth import Admin, audit
 from derim.api.deps import get_services
+from derim.api.views import CreatedKey
 from derim.security.audit import AuditEntry
 from derim.security.keys import ApiKey, Role
 from derim.services import Services
@@ -25,12 +26,6 @@ class NewKey(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[\w .@-]+$")
     role: Role
-
-
-class CreatedKey(ApiKey):
-    """A new key with its token, shown this once only."""
-
-    token: str
 
 
 @router.get("/api/v1/keys")

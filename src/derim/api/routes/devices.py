@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, Field
 
-from derim.adapters.base import ConnectionState
-from derim.adapters.ocpp.central import ChargerView
 from derim.api.auth import Admin, Viewer, audit
 from derim.api.deps import get_services
+from derim.api.views import ConnectionStatus, DeviceView
 from derim.errors import ConflictError
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice, DevicePatch, apply_patch
@@ -21,23 +18,6 @@ from derim.services import Services
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-class ConnectionStatus(BaseModel):
-    """How a polled device's connection is doing (absent for devices that push their data)."""
-
-    state: ConnectionState
-    last_seen: datetime | None = Field(None, description="Last successful poll (UTC).")
-    last_error: str | None = None
-    consecutive_failures: int = 0
-
-
-class DeviceView(DERDevice):
-    """A registered device with its live connection status (and, for a charger, its OCPP
-    version, connectors, firmware status and security events)."""
-
-    status: ConnectionStatus | None = None
-    charger: ChargerView | None = None
 
 
 def _view(device: DERDevice, services: Services) -> DeviceView:

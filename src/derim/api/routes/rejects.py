@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
 
 from derim.api.auth import Viewer
 from derim.api.deps import get_services
+from derim.api.views import RejectPage, RejectView
 from derim.services import Services
 from derim.storage.rejects import Reject
 
 router = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-class RejectView(BaseModel):
-    """One rejected input; ``payload`` is text when it is UTF-8, else base64."""
-
-    id: int
-    received_at: datetime
-    source: str
-    topic: str
-    reason: str
-    payload: str
-    payload_encoding: Literal["utf-8", "base64"]
-
-
-class RejectPage(BaseModel):
-    """Newest first; pass ``next_before`` as ``before`` for older ones (None: no more)."""
-
-    total_since_start: int
-    rejects: list[RejectView]
-    next_before: int | None
 
 
 @router.get("/rejects")

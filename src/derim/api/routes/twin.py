@@ -7,7 +7,6 @@ NumPy, SciPy) are imported by the handlers, on the first request that needs them
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,13 +16,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from derim.api.auth import Operator, Viewer, audit
 from derim.api.deps import get_services
 from derim.api.routes.schedules import create_schedule
-from derim.control.schedules import ScheduleRequest
+from derim.api.views import DispatchResponse, ForecastPoint, ForecastResponse, ModelsResponse
 from derim.errors import InvalidRequestError, TwinError
 from derim.services import Services
 from derim.twin.anomaly_model import Anomaly
 from derim.twin.scenario import Scenario, SimulationResult
 from derim.twin.service import TrainingJob, TrainRequest
-from derim.twin.store import ModelInfo
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,28 +32,6 @@ EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 """Anomaly windows must lie within these (the storage's epoch-millisecond range, with room)."""
 FieldQuery = Annotated[str, Query(pattern=r"^[a-z0-9_]{1,64}$", description="Telemetry field.")]
-
-
-class ForecastPoint(BaseModel):
-    """One step of a forecast: the interval start and the 10th, 50th and 90th percentiles."""
-
-    timestamp: datetime
-    p10: float
-    p50: float
-    p90: float
-
-
-class ForecastResponse(BaseModel):
-    """A served forecast and the model that made it."""
-
-    device_id: str
-    field: str
-    model: str
-    version: int
-    trained_at: datetime
-    freq: str
-    horizon: str
-    points: list[ForecastPoint]
 
 
 class WhatIfRequest(BaseModel):
@@ -81,21 +57,6 @@ class DispatchRequest(BaseModel):
     scenario: Scenario
     send: bool = False
     name: str = Field("twin dispatch", max_length=128)
-
-
-class DispatchResponse(BaseModel):
-    """The simulated dispatch, the schedule it makes and, when sent, the schedule's id."""
-
-    result: SimulationResult
-    schedule: ScheduleRequest
-    schedule_id: uuid.UUID | None
-
-
-class ModelsResponse(BaseModel):
-    """The stored models of a device's field and the one served by default."""
-
-    selected: str | None
-    models: list[ModelInfo]
 
 
 @router.get("/api/v1/forecast/{device_id}")
