@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from derim import __version__
 from derim.cli_keys import keys
+from derim.cli_remote import remote
 from derim.cli_twin import twin
 from derim.config import Settings, load_settings
 from derim.errors import DerimError
@@ -265,6 +266,7 @@ async def _demo_broker(settings: Settings, stack: contextlib.AsyncExitStack) -> 
 
 
 main.add_command(keys)
+main.add_command(remote)
 main.add_command(twin)
 
 
