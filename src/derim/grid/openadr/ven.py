@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from openleadr import OpenADRClient, objects  # type: ignore[import-untyped]
+from openleadr import OpenADRClient, objects
 
 from derim.adapters.base import Backoff
 from derim.errors import ConfigError, DerimError, TransportError
