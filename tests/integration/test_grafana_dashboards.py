@@ -30,7 +30,7 @@ from derim.models.telemetry import (
     MeterTelemetry,
     SolarTelemetry,
 )
-from derim.storage.base import ForecastPoint
+from derim.storage.base import StoredForecastPoint
 from derim.storage.influx import InfluxStore
 
 pytestmark = pytest.mark.integration
@@ -240,11 +240,11 @@ def fleet(now: datetime) -> list[DERTelemetry]:
     return records
 
 
-def forecast(now: datetime) -> list[ForecastPoint]:
+def forecast(now: datetime) -> list[StoredForecastPoint]:
     """A day of 15-min PV power forecast (kW) from the next quarter hour after ``now``."""
     first = now - (now - datetime(2000, 1, 1, tzinfo=UTC)) % FORECAST_STEP + FORECAST_STEP
     return [
-        ForecastPoint(first + step * FORECAST_STEP, 1.0 + step / 100, 2.0 + step / 100, 3.0)
+        StoredForecastPoint(first + step * FORECAST_STEP, 1.0 + step / 100, 2.0 + step / 100, 3.0)
         for step in range(96)
     ]
 

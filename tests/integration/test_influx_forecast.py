@@ -14,7 +14,7 @@ import pytest
 from influxd import InfluxServer
 
 from derim.errors import StorageError
-from derim.storage.base import ForecastPoint
+from derim.storage.base import StoredForecastPoint
 from derim.storage.influx import InfluxStore
 
 pytestmark = pytest.mark.integration
@@ -23,10 +23,10 @@ ISSUED = datetime(2024, 3, 1, 12, 0, 0, 123_000, tzinfo=UTC)
 STEP = timedelta(minutes=15)
 
 
-def steps(count: int, level: float, start: datetime = ISSUED) -> list[ForecastPoint]:
+def steps(count: int, level: float, start: datetime = ISSUED) -> list[StoredForecastPoint]:
     """``count`` 15-min steps from ``start`` with P10 < P50 < P90 around ``level`` kW."""
     return [
-        ForecastPoint(start + k * STEP, level - 1 + k / 8, level + k / 8, level + 1 + k / 8)
+        StoredForecastPoint(start + k * STEP, level - 1 + k / 8, level + k / 8, level + 1 + k / 8)
         for k in range(count)
     ]
 
@@ -110,7 +110,7 @@ async def test_non_finite_values_are_refused_and_delete_drops_the_forecast(
     store: InfluxStore,
 ) -> None:
     """A NaN step is a StorageError that stores nothing; deleting the device drops its forecast."""
-    broken = [*steps(2, 1.0), ForecastPoint(ISSUED + 2 * STEP, 0.0, math.nan, 1.0)]
+    broken = [*steps(2, 1.0), StoredForecastPoint(ISSUED + 2 * STEP, 0.0, math.nan, 1.0)]
     with pytest.raises(StorageError, match="finite"):
         await store.write_forecast("pv-1", "gbm", ISSUED, broken)
     assert await store.latest_forecast("pv-1") is None

@@ -146,7 +146,7 @@ class StoreHealth:
 
 
 @dataclass(frozen=True, slots=True)
-class ForecastPoint:
+class StoredForecastPoint:
     """One step of a stored power forecast: its interval start (UTC) and P10/P50/P90 in kW."""
 
     time: datetime
@@ -162,10 +162,10 @@ class StoredForecast:
     device_id: str
     model: str
     issued_at: datetime
-    points: tuple[ForecastPoint, ...]
+    points: tuple[StoredForecastPoint, ...]
 
 
-def forecast_rows(points: Sequence[ForecastPoint]) -> list[tuple[int, float, float, float]]:
+def forecast_rows(points: Sequence[StoredForecastPoint]) -> list[tuple[int, float, float, float]]:
     """``(epoch ms, p10, p50, p90)`` rows of a forecast; ``StorageError`` on a non-finite value."""
     rows = [(to_epoch_ms(p.time), float(p.p10), float(p.p50), float(p.p90)) for p in points]
     if not all(math.isfinite(v) for row in rows for v in row[1:]):
@@ -194,7 +194,7 @@ class Store(Protocol):
         """The most recent record of each device that has data, as a field dict."""
 
     async def write_forecast(
-        self, device_id: str, model: str, issued_at: datetime, points: Sequence[ForecastPoint]
+        self, device_id: str, model: str, issued_at: datetime, points: Sequence[StoredForecastPoint]
     ) -> None:
         """Store a power forecast (kW) issued at ``issued_at``; it becomes the device's latest."""
 

@@ -30,9 +30,9 @@ from derim.storage import influx_forecast as forecasts
 from derim.storage.base import (
     FIELD_TYPES,
     Aggregation,
-    ForecastPoint,
     Order,
     StoredForecast,
+    StoredForecastPoint,
     StoreHealth,
     TelemetryPage,
     TelemetryQuery,
@@ -465,7 +465,7 @@ class InfluxStore:
             await self._post("/write", params=self._write_params, content=body, headers=headers)
 
     async def write_forecast(
-        self, device_id: str, model: str, issued_at: datetime, points: Sequence[ForecastPoint]
+        self, device_id: str, model: str, issued_at: datetime, points: Sequence[StoredForecastPoint]
     ) -> None:
         """Write a power forecast (kW) to measurement ``forecast``, one point per step at its
         target time (an empty one is ignored)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from derim.storage.base import ForecastPoint, StoredForecast, from_epoch_ms
+from derim.storage.base import StoredForecast, StoredForecastPoint, from_epoch_ms
 
 MEASUREMENT = "forecast"
 MODEL_TAG = "model"
@@ -57,7 +57,7 @@ def stored_forecast(
         return None
     first = series[0]
     points = tuple(
-        ForecastPoint(from_epoch_ms(int(ms)), float(p10), float(p50), float(p90))
+        StoredForecastPoint(from_epoch_ms(int(ms)), float(p10), float(p50), float(p90))
         for ms, p10, p50, p90 in first["values"]
     )
     model = str(first.get("tags", {}).get(MODEL_TAG, ""))

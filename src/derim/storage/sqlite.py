@@ -32,9 +32,9 @@ from derim.storage import sqlite_schema as schema
 from derim.storage.base import (
     AGGREGATABLE_FIELDS,
     FIELD_TYPES,
-    ForecastPoint,
     Order,
     StoredForecast,
+    StoredForecastPoint,
     StoreHealth,
     TelemetryPage,
     TelemetryQuery,
@@ -415,7 +415,7 @@ class SQLiteStore:
     # ---------------------------------------------------------------- forecasts
 
     async def write_forecast(
-        self, device_id: str, model: str, issued_at: datetime, points: Sequence[ForecastPoint]
+        self, device_id: str, model: str, issued_at: datetime, points: Sequence[StoredForecastPoint]
     ) -> None:
         """Replace the device's stored power forecast (kW) by this issue."""
         await self._on_writer(

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from derim.storage.base import (
-    ForecastPoint,
     StoredForecast,
+    StoredForecastPoint,
     forecast_rows,
     from_epoch_ms,
     to_epoch_ms,
@@ -40,7 +40,7 @@ def write(
     device_id: str,
     model: str,
     issued_at: datetime,
-    points: Sequence[ForecastPoint],
+    points: Sequence[StoredForecastPoint],
 ) -> None:
     """Replace the device's forecast by this issue (an empty one is ignored)."""
     rows = forecast_rows(points)
@@ -75,7 +75,9 @@ def latest(conn: sqlite3.Connection, device_id: str) -> StoredForecast | None:
         "SELECT ts, p10, p50, p90 FROM forecast_point WHERE device_id = ? ORDER BY ts",
         (device_id,),
     ).fetchall()
-    points = tuple(ForecastPoint(from_epoch_ms(ts), p10, p50, p90) for ts, p10, p50, p90 in rows)
+    points = tuple(
+        StoredForecastPoint(from_epoch_ms(ts), p10, p50, p90) for ts, p10, p50, p90 in rows
+    )
     return StoredForecast(device_id, issue[0], from_epoch_ms(issue[1]), points)
 
 

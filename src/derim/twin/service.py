@@ -33,7 +33,7 @@ from derim.errors import DerimError, NotFoundError, TwinError
 from derim.models.common import DeviceType
 from derim.models.device import DERDevice
 from derim.storage.anomalies import AnomalyStore
-from derim.storage.base import ForecastPoint, Store
+from derim.storage.base import Store, StoredForecastPoint
 from derim.storage.registry import DeviceRegistry
 from derim.tasks import cancel_and_wait
 from derim.twin.anomaly_model import Anomaly
@@ -206,7 +206,7 @@ class TwinService:
 
         finite = np.isfinite(forecast.p10) & np.isfinite(forecast.p50) & np.isfinite(forecast.p90)
         points = [
-            ForecastPoint(t.to_pydatetime(), float(lo), float(mid), float(hi))
+            StoredForecastPoint(t.to_pydatetime(), float(lo), float(mid), float(hi))
             for t, lo, mid, hi, ok in zip(
                 forecast.index, forecast.p10, forecast.p50, forecast.p90, finite, strict=True
             )

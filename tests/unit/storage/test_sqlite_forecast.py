@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 from derim.errors import StorageError
-from derim.storage.base import ForecastPoint
+from derim.storage.base import StoredForecastPoint
 from derim.storage.sqlite import SQLiteStore
 
 ISSUED = datetime(2024, 3, 1, 12, 0, 0, 123_000, tzinfo=UTC)
 STEP = timedelta(minutes=15)
 
 
-def steps(count: int, level: float, start: datetime = ISSUED) -> list[ForecastPoint]:
+def steps(count: int, level: float, start: datetime = ISSUED) -> list[StoredForecastPoint]:
     """``count`` 15-min steps from ``start`` with P10 < P50 < P90 around ``level`` kW."""
     return [
-        ForecastPoint(start + k * STEP, level - 1 + k / 8, level + k / 8, level + 1 + k / 8)
+        StoredForecastPoint(start + k * STEP, level - 1 + k / 8, level + k / 8, level + 1 + k / 8)
         for k in range(count)
     ]
 
@@ -87,7 +87,7 @@ async def test_non_finite_values_are_refused_and_empty_issues_ignored(store: SQL
     no steps changes nothing."""
     await store.write_forecast("pv-1", "gbm", ISSUED, steps(4, 2.0))
     for bad in (math.nan, math.inf):
-        broken = [*steps(3, 2.0), ForecastPoint(ISSUED + 3 * STEP, 1.0, bad, 3.0)]
+        broken = [*steps(3, 2.0), StoredForecastPoint(ISSUED + 3 * STEP, 1.0, bad, 3.0)]
         with pytest.raises(StorageError, match="finite"):
             await store.write_forecast("pv-1", "gbm", ISSUED + STEP, broken)
     await store.write_forecast("pv-1", "other", ISSUED + STEP, [])

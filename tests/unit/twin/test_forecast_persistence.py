@@ -18,7 +18,7 @@ from derim.models.common import DeviceType
 from derim.models.device import DERDevice
 from derim.services import running_services
 from derim.storage.anomalies import AnomalyStore
-from derim.storage.base import ForecastPoint
+from derim.storage.base import StoredForecastPoint
 from derim.storage.registry import DeviceRegistry
 from derim.storage.sqlite import SQLiteStore
 from derim.twin.base import Forecast
@@ -32,7 +32,7 @@ class UnwritableForecasts(SQLiteStore):
     """A store whose forecast writes fail as if the backend were down."""
 
     async def write_forecast(
-        self, device_id: str, model: str, issued_at: datetime, points: Sequence[ForecastPoint]
+        self, device_id: str, model: str, issued_at: datetime, points: Sequence[StoredForecastPoint]
     ) -> None:
         raise StorageUnavailableError("forecast storage is down")
 
@@ -65,10 +65,10 @@ async def twin(tmp_path: Path) -> AsyncIterator[TwinService]:
         yield opened
 
 
-def as_points(forecast: Forecast) -> list[ForecastPoint]:
+def as_points(forecast: Forecast) -> list[StoredForecastPoint]:
     """A served forecast as stored steps."""
     return [
-        ForecastPoint(t.to_pydatetime(), lo, mid, hi)
+        StoredForecastPoint(t.to_pydatetime(), lo, mid, hi)
         for t, lo, mid, hi in zip(
             forecast.index,
             forecast.p10.tolist(),
