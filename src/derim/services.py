@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -229,14 +229,15 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         maintenance = asyncio.create_task(_maintain(services), name="derim-maintenance")
         stack.push_async_callback(cancel_and_wait, maintenance)
         services.grid_links = await start_links(settings, services.fleet_access(), stack)
-        if settings.anomaly_scan_interval_s is not None:
-            scanning = asyncio.create_task(_scan_anomalies(services), name="derim-anomaly-scan")
-            stack.push_async_callback(cancel_and_wait, scanning)
-        if settings.forecast_refresh_interval_s is not None:
-            refreshing = asyncio.create_task(
-                _refresh_forecasts(services), name="derim-forecast-refresh"
-            )
-            stack.push_async_callback(cancel_and_wait, refreshing)
+        scan_last_day = partial(twin.scan_all, timedelta(days=1))
+        periodic: dict[str, tuple[float | None, Callable[[], Awaitable[object]]]] = {
+            "anomaly-scan": (settings.anomaly_scan_interval_s, scan_last_day),
+            "forecast-refresh": (settings.forecast_refresh_interval_s, twin.refresh_forecasts),
+        }
+        for name, (interval, job) in periodic.items():
+            if interval is not None:
+                task = asyncio.create_task(_every(interval, name, job), name=f"derim-{name}")
+                stack.push_async_callback(cancel_and_wait, task)
         yield services
 
 
@@ -305,23 +306,15 @@ def _mqtt_adapter(
     )
 
 
-async def _scan_anomalies(services: Services) -> None:
-    """Scan every device's last day for anomalies periodically (new ones become events)."""
-    interval = services.settings.anomaly_scan_interval_s
-    assert interval is not None
+async def _every(interval_s: float, name: str, job: Callable[[], Awaitable[object]]) -> None:
+    """Run ``job`` every ``interval_s`` seconds; a failure is logged with its traceback and the
+    job runs again at the next interval (a background job must not die silently)."""
     while True:
-        await asyncio.sleep(interval)
-        await services.twin.scan_all(timedelta(days=1))
-
-
-async def _refresh_forecasts(services: Services) -> None:
-    """Make and store the next day's power forecast of every device with a selected model,
-    periodically (Grafana's device dashboard plots them from InfluxDB)."""
-    interval = services.settings.forecast_refresh_interval_s
-    assert interval is not None
-    while True:
-        await asyncio.sleep(interval)
-        await services.twin.refresh_forecasts()
+        await asyncio.sleep(interval_s)
+        try:
+            await job()
+        except Exception:
+            log.exception("periodic %s failed; next try in %.0f s", name, interval_s)
 
 
 async def _maintain(services: Services) -> None:

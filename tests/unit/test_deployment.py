@@ -24,6 +24,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 DERIM_SERVICES = ("derim", "derim-ml")
+CLIENT_ENV = {"DERIM_URL", "DERIM_API_KEY"}
+"""What ``derim.client``'s ``from_env`` reads (the notebooks' client), not settings."""
 
 
 def settings_env_names() -> set[str]:
@@ -145,7 +147,16 @@ def test_every_derim_variable_in_compose_is_a_setting() -> None:
         assert set(environment) <= known, set(environment) - known
     text = COMPOSE.read_text()
     mentioned = set(re.findall(r"\bDERIM_[A-Z0-9_]+\b", text))
-    assert mentioned <= known, mentioned - known
+    assert mentioned <= known | CLIENT_ENV, mentioned - known - CLIENT_ENV
+
+
+def test_jupyter_reaches_derim_through_the_client_variables() -> None:
+    """The notebooks' client is pointed at the DERIM service (inside the jupyter container
+    127.0.0.1 would be jupyter itself) and given only the client's variables."""
+    environment = services()["jupyter"]["environment"]
+    assert set(environment) == CLIENT_ENV
+    assert environment["DERIM_URL"] == "http://derim:8000"
+    assert "derim" in services()["derim-ml"]["networks"]["default"]["aliases"]
 
 
 def test_compose_environment_is_valid_settings_for_the_influx_stack(

@@ -173,7 +173,8 @@ class TwinService:
         self, device_id: str, field: str, horizon: pd.Timedelta, model: str | None
     ) -> tuple[Forecast, ModelInfo]:
         """The forecast of ``field`` from now, by ``model`` or the one the backtest chose; a
-        ``power_kw`` forecast of the chosen model is also stored (a storage failure is logged)."""
+        ``power_kw`` forecast of the chosen model reaching ``REFRESH_HORIZON`` ahead is also
+        stored (a storage failure is logged), so a shorter one never replaces a stored day."""
         import pandas as pd
 
         from derim.twin.history import load_history
@@ -192,8 +193,8 @@ class TwinService:
         end = pd.Timestamp.now(tz="UTC").floor(freq)
         start = end - pd.Timedelta(days=forecaster.context_days)
         history = await load_history(self.store, device_id, field, start, end, freq)
-        forecast = forecaster.predict(horizon, history)
-        if field == POWER_FIELD and name == selected:
+        forecast = await asyncio.to_thread(forecaster.predict, horizon, history)
+        if field == POWER_FIELD and name == selected and horizon >= pd.Timedelta(REFRESH_HORIZON):
             await self._persist(device_id, name, forecast)
         return forecast, served.info
 
@@ -220,7 +221,7 @@ class TwinService:
     async def refresh_forecasts(self) -> int:
         """Issue and store the next ``REFRESH_HORIZON`` of power forecast for every device with
         a selected model; the number of devices whose forecast was made."""
-        chosen = [d.id for d in self.registry.list() if self.models.selected(d.id, POWER_FIELD)]
+        chosen = await asyncio.to_thread(self._with_selected_model, POWER_FIELD)
         if not chosen:
             return 0
         import pandas as pd
@@ -232,8 +233,23 @@ class TwinService:
             except DerimError as exc:
                 log.warning("forecast refresh of %s failed: %s", device_id, exc)
                 continue
+            except Exception:  # a broken model file must not stop the other devices' forecasts
+                log.exception("forecast refresh of %s failed unexpectedly", device_id)
+                continue
             made += 1
         return made
+
+    def _with_selected_model(self, field: str) -> list[str]:
+        """The registered devices whose ``field`` has a selected model (reads files: run it
+        off the event loop); a device whose selection cannot be read is logged and left out."""
+        chosen = []
+        for device in self.registry.list():
+            try:
+                if self.models.selected(device.id, field):
+                    chosen.append(device.id)
+            except (OSError, ValueError) as exc:
+                log.warning("model selection of %s unreadable: %s", device.id, exc)
+        return chosen
 
     def _load(self, device_id: str, field: str, name: str) -> _Served:
         """The latest stored version of a model, from memory when it is unchanged."""
@@ -370,6 +386,9 @@ class TwinService:
                 await self.anomalies(device.id, "power_kw", end - window, end)
             except DerimError as exc:
                 log.warning("anomaly scan of %s failed: %s", device.id, exc)
+                continue
+            except Exception:  # one device's bad data or model must not stop the others' scan
+                log.exception("anomaly scan of %s failed unexpectedly", device.id)
                 continue
             scanned += 1
         return scanned

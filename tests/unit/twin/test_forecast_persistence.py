@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -120,6 +121,66 @@ async def test_refresh_stores_the_next_day_of_every_device_with_a_model(
     assert stored is not None
     assert len(stored.points) == 96
     assert await twin.store.latest_forecast("pv-2") is None
+
+
+async def test_a_shorter_forecast_does_not_replace_the_stored_day(twin: TwinService) -> None:
+    """An hour-ahead forecast from the selected model is served but leaves the stored day."""
+    await twin.forecast("pv-1", "power_kw", DAY, None)
+    short, _ = await twin.forecast("pv-1", "power_kw", pd.Timedelta(hours=1), None)
+    assert len(short.index) == 4
+    stored = await twin.store.latest_forecast("pv-1")
+    assert stored is not None
+    assert len(stored.points) == 96
+
+
+async def test_a_broken_model_file_does_not_stop_the_refresh_of_the_others(
+    twin: TwinService, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device whose stored model cannot be loaded is logged; the other devices' forecasts
+    are still made and stored."""
+    save_quick_model(tmp_path / "twin", "pv-2")
+    for model_file in (tmp_path / "twin" / "pv-2").rglob("*.pkl"):
+        model_file.write_bytes(b"not a pickle")
+    with caplog.at_level(logging.WARNING, logger="derim.twin.service"):
+        assert await twin.refresh_forecasts() == 1
+    assert "forecast refresh of pv-2 failed" in caplog.text
+    assert await twin.store.latest_forecast("pv-1") is not None
+
+
+async def test_an_unexpected_error_for_one_device_is_logged_and_the_others_refreshed(
+    twin: TwinService,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug met while forecasting one device (not a DerimError) is logged with its traceback
+    and the refresh goes on with the next device."""
+    save_quick_model(tmp_path / "twin", "pv-2")
+    serve = twin.forecast
+
+    async def failing_for_pv2(device_id: str, *args: Any) -> Any:
+        if device_id == "pv-2":
+            raise ValueError("a model's bug")
+        return await serve(device_id, *args)
+
+    monkeypatch.setattr(twin, "forecast", failing_for_pv2)
+    with caplog.at_level(logging.ERROR, logger="derim.twin.service"):
+        assert await twin.refresh_forecasts() == 1
+    assert "forecast refresh of pv-2 failed unexpectedly" in caplog.text
+    assert "a model's bug" in caplog.text
+    assert await twin.store.latest_forecast("pv-1") is not None
+
+
+async def test_an_unreadable_model_selection_leaves_only_that_device_out(
+    twin: TwinService, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A corrupt selection file of one device is logged; the others are still refreshed."""
+    save_quick_model(tmp_path / "twin", "pv-2")
+    for selection in (tmp_path / "twin" / "pv-2").rglob("selection.json"):
+        selection.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="derim.twin.service"):
+        assert await twin.refresh_forecasts() == 1
+    assert "model selection of pv-2 unreadable" in caplog.text
 
 
 async def test_the_core_refreshes_forecasts_periodically(tmp_path: Path) -> None:
