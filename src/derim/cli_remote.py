@@ -1,9 +1,10 @@
 """``derim remote``: ask a running server, through the typed client (``derim.client``).
 
 Every other command works on the local data directory; these talk HTTP to the server at
-``--url`` with ``--api-key``, so they work from any machine that can reach it. Output is an
-aligned table, or JSON with ``--format json``. The client's errors (server unreachable, 401/403,
-404, 422, ...) end the command with one line on stderr and exit status 1.
+``--url`` with the key in ``DERIM_API_KEY`` (or ``--api-key``, which ``ps`` shows), so they
+work from any machine that can reach it. Output is an aligned table, or JSON with ``--format
+json``. The client's errors (server unreachable, 401/403, 404, 422, ...) end the command with
+one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def _check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--api-key",
     envvar="DERIM_API_KEY",
     show_envvar=True,
-    help="A key from `derim keys create` (needed when the server has auth on).",
+    help="A key from `derim keys create` (needed when the server has auth on). Prefer "
+    "DERIM_API_KEY: an argument shows in `ps` to every user of the machine.",
 )
 @click.pass_context
 def remote(ctx: click.Context, url: str, api_key: str | None) -> None:

@@ -39,6 +39,7 @@ REQUIRED: dict[tuple[str, str], Role] = {
     ("GET", "/api/v1/schedules/{schedule_id}"): Role.VIEWER,
     ("DELETE", "/api/v1/schedules/{schedule_id}"): Role.OPERATOR,
     ("GET", "/api/v1/forecast/{device_id}"): Role.VIEWER,
+    ("GET", "/api/v1/forecast/{device_id}/stored"): Role.VIEWER,
     ("POST", "/api/v1/twin/{device_id}/train"): Role.OPERATOR,
     ("GET", "/api/v1/twin/jobs/{job_id}"): Role.VIEWER,
     ("GET", "/api/v1/twin/{device_id}/models"): Role.VIEWER,

@@ -16,6 +16,8 @@ import pytest
 from api_server import ApiServer
 from modbus_server import RegisterServer
 
+from derim.client import AsyncDerimClient, ResourceNotFoundError
+from derim.storage.base import StoredForecastPoint
 from derim.storage.sqlite import SQLiteStore
 from derim.twin.datasets import greensboro_pv, replay, simbench_load
 from twin_helpers import MODEL, recent_readings, save_quick_model
@@ -237,15 +239,15 @@ def test_what_if_on_served_forecasts(client: httpx.Client) -> None:
 
 
 async def test_a_served_forecast_is_stored_as_the_devices_latest(api: ApiServer) -> None:
-    """GET /api/v1/forecast of the selected model stores what it answered: after the server
-    stops, the SQLite file holds the same model and P10/P50/P90 at the same times."""
+    """GET /api/v1/forecast of the selected model a day ahead stores what it answered: after the
+    server stops, the SQLite file holds the same model and P10/P50/P90 at the same times."""
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
         created = await http.post("/api/v1/devices", json={"id": "pv-q", "device_type": "solar_pv"})
         assert created.status_code == 201, created.text
         readings = [r.model_dump(mode="json") for r in recent_readings("pv-q")]
         assert (await http.post("/api/v1/telemetry", json=readings)).status_code == 202
         save_quick_model(api.settings.data_dir / "twin", "pv-q")
-        response = await http.get("/api/v1/forecast/pv-q", params={"horizon": "6h"})
+        response = await http.get("/api/v1/forecast/pv-q", params={"horizon": "24h"})
     assert response.status_code == 200, response.text
     served = response.json()
     api.stop()
@@ -256,7 +258,80 @@ async def test_a_served_forecast_is_stored_as_the_devices_latest(api: ApiServer)
     finally:
         await store.close()
     assert stored is not None
-    assert (stored.model, len(stored.points)) == (served["model"], 24) == (MODEL, 24)
+    assert (stored.model, len(stored.points)) == (served["model"], 96) == (MODEL, 96)
     assert [
         {"timestamp": p.time, "p10": p.p10, "p50": p.p50, "p90": p.p90} for p in stored.points
     ] == [{**p, "timestamp": datetime.fromisoformat(p["timestamp"])} for p in served["points"]]
+
+
+async def test_the_stored_forecast_is_served_once_one_is_issued(api: ApiServer) -> None:
+    """GET /api/v1/forecast/{id}/stored is 404 naming the problem for an unknown device and for
+    one without a stored forecast, then answers the day-ahead forecast a served request stored
+    (model, issue time, points); the client reads it back."""
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        created = await http.post("/api/v1/devices", json={"id": "pv-s", "device_type": "solar_pv"})
+        assert created.status_code == 201, created.text
+        readings = [r.model_dump(mode="json") for r in recent_readings("pv-s")]
+        assert (await http.post("/api/v1/telemetry", json=readings)).status_code == 202
+        unknown = await http.get("/api/v1/forecast/nobody/stored")
+        assert unknown.status_code == 404
+        assert unknown.json()["detail"] == "unknown device 'nobody'"
+        missing = await http.get("/api/v1/forecast/pv-s/stored")
+        assert missing.status_code == 404
+        assert "stored forecast" in missing.json()["detail"]
+        assert "/api/v1/twin/pv-s/train" in missing.json()["detail"]
+        save_quick_model(api.settings.data_dir / "twin", "pv-s")
+        before = datetime.now(UTC) - timedelta(milliseconds=1)
+        served = await http.get("/api/v1/forecast/pv-s", params={"horizon": "24h"})
+        after = datetime.now(UTC)
+        assert served.status_code == 200, served.text
+        response = await http.get("/api/v1/forecast/pv-s/stored")
+    assert response.status_code == 200, response.text
+    stored = response.json()
+    assert (stored["device_id"], stored["model"]) == ("pv-s", MODEL)
+    assert before <= datetime.fromisoformat(stored["issued_at"]) <= after
+    assert len(stored["points"]) == 96
+    assert [as_times(p) for p in stored["points"]] == [as_times(p) for p in served.json()["points"]]
+    async with AsyncDerimClient(api.url) as client:
+        read = await client.stored_forecast("pv-s")
+        with pytest.raises(ResourceNotFoundError, match="nobody"):
+            await client.stored_forecast("nobody")
+    assert read.model_dump(mode="json") == stored
+
+
+async def test_a_stored_forecast_is_served_after_a_restart_step_by_step(api: ApiServer) -> None:
+    """After a restart, GET /api/v1/forecast/{id}/stored answers the issue in the database: its
+    model, issue time and each step's time with its own P10, P50 and P90."""
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+        created = await http.post("/api/v1/devices", json={"id": "pv-r", "device_type": "solar_pv"})
+        assert created.status_code == 201, created.text
+    api.stop()
+    issued = datetime(2030, 6, 1, 12, tzinfo=UTC)
+    steps = [
+        StoredForecastPoint(issued + (k + 1) * timedelta(minutes=15), 1.0 + k, 2.0 + k, 3.5 + k)
+        for k in range(3)
+    ]
+    store = SQLiteStore(api.settings.database_path)
+    await store.open()
+    try:
+        await store.write_forecast("pv-r", "gbm", issued, steps)
+    finally:
+        await store.close()
+    restarted = ApiServer(api.settings.data_dir).start()
+    try:
+        async with httpx.AsyncClient(base_url=restarted.url, timeout=10) as http:
+            response = await http.get("/api/v1/forecast/pv-r/stored")
+    finally:
+        restarted.stop()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["device_id"], body["model"]) == ("pv-r", "gbm")
+    assert datetime.fromisoformat(body["issued_at"]) == issued
+    assert [as_times(p) for p in body["points"]] == [
+        {"timestamp": p.time, "p10": p.p10, "p50": p.p50, "p90": p.p90} for p in steps
+    ]
+
+
+def as_times(point: dict[str, Any]) -> dict[str, Any]:
+    """A forecast point with its timestamp parsed, to compare across serialisations."""
+    return {**point, "timestamp": datetime.fromisoformat(point["timestamp"])}

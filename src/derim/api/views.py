@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from derim.adapters.base import ConnectionState
-from derim.adapters.ocpp.central import ChargerView
+from derim.adapters.ocpp.views import ChargerView
 from derim.control.schedules import ScheduleRequest
 from derim.models.device import DERDevice
 from derim.security.keys import ApiKey
@@ -82,6 +82,16 @@ class ForecastResponse(BaseModel):
     trained_at: datetime
     freq: str
     horizon: str
+    points: list[ForecastPoint]
+
+
+class StoredForecastResponse(BaseModel):
+    """The power forecast (kW) last issued and stored for a device: the model that made it, when
+    it was issued (UTC) and its steps."""
+
+    device_id: str
+    model: str
+    issued_at: datetime
     points: list[ForecastPoint]
 
 

@@ -2,8 +2,8 @@
 
 ``DerimClient`` blocks (its stream is Server-Sent Events); ``AsyncDerimClient`` is for asyncio
 (its stream is the WebSocket). Both return the server's own models (``derim.models`` and
-friends) and raise the errors of ``derim.client.errors``. The twin's models are imported on the
-first twin call: ``from derim.client.twin_models import Scenario, TrainRequest``.
+friends) and raise the errors of ``derim.client.errors``. The twin's request models are in
+``derim.client.twin_models``: ``from derim.client.twin_models import Scenario, TrainRequest``.
 """
 
 from derim.api.views import DeviceView

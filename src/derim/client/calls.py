@@ -7,17 +7,28 @@ import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
-from derim.adapters.ocpp.site import SiteView
-from derim.api.views import CreatedKey, DeviceView, RejectPage
+from derim.adapters.ocpp.views import SiteView
+from derim.api.views import CreatedKey, DeviceView, RejectPage, StoredForecastResponse
 from derim.client import routes
 from derim.client.errors import UnexpectedResponseError
 from derim.client.models import TelemetryPage
+from derim.client.twin_models import (
+    Anomaly,
+    AnomalyList,
+    DispatchResponse,
+    ForecastResponse,
+    ModelsResponse,
+    Scenario,
+    SimulationResult,
+    TrainingJob,
+    TrainRequest,
+)
 from derim.control.schedules import Schedule, ScheduleRequest
 from derim.models.command import CommandRequest, CommandResult
 from derim.models.common import DeviceType
@@ -27,18 +38,6 @@ from derim.models.telemetry import DERTelemetry
 from derim.security.audit import AuditEntry
 from derim.security.keys import ApiKey, Role
 from derim.storage.base import Aggregation, Interval, Order
-
-if TYPE_CHECKING:
-    from derim.client.twin_models import (
-        Anomaly,
-        DispatchResponse,
-        ForecastResponse,
-        ModelsResponse,
-        Scenario,
-        SimulationResult,
-        TrainingJob,
-        TrainRequest,
-    )
 
 T = TypeVar("T")
 Instant = datetime | str
@@ -127,13 +126,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(item) for item in value]
     return to_jsonable_python(value)
-
-
-def _twin() -> Any:
-    """The twin's models (imported on first use: they bring the numeric stack)."""
-    from derim.client import twin_models
-
-    return twin_models
 
 
 def health() -> Call[dict[str, Any]]:
@@ -285,33 +277,38 @@ def clear_site_limit(site: str) -> Call[SiteView]:
 
 def forecast(device_id: str, horizon: str, model: str | None, field: str) -> Call[ForecastResponse]:
     query = {"horizon": horizon, "model": model, "field": field}
-    parse = returning(_twin().ForecastResponse)
+    parse = returning(ForecastResponse)
     return Call(routes.FORECAST, parse, {"device_id": device_id}, query)
+
+
+def stored_forecast(device_id: str) -> Call[StoredForecastResponse]:
+    parse = returning(StoredForecastResponse)
+    return Call(routes.STORED_FORECAST, parse, {"device_id": device_id})
 
 
 def train(device_id: str, request: TrainRequest | Mapping[str, Any] | None) -> Call[TrainingJob]:
     path, body = {"device_id": device_id}, jsonable(request or {})
-    return Call(routes.TRAIN, returning(_twin().TrainingJob), path, body=body)
+    return Call(routes.TRAIN, returning(TrainingJob), path, body=body)
 
 
 def training_job(job_id: str) -> Call[TrainingJob]:
-    return Call(routes.TRAINING_JOB, returning(_twin().TrainingJob), {"job_id": job_id})
+    return Call(routes.TRAINING_JOB, returning(TrainingJob), {"job_id": job_id})
 
 
 def models(device_id: str, field: str) -> Call[ModelsResponse]:
     path, query = {"device_id": device_id}, {"field": field}
-    return Call(routes.MODELS, returning(_twin().ModelsResponse), path, query)
+    return Call(routes.MODELS, returning(ModelsResponse), path, query)
 
 
 def anomalies(
     device_id: str, start: Instant | None, end: Instant | None, field: str
 ) -> Call[list[Anomaly]]:
     path, query = {"device_id": device_id}, {"start": start, "end": end, "field": field}
-    return Call(routes.ANOMALIES, returning(_twin().AnomalyList), path, query)
+    return Call(routes.ANOMALIES, returning(AnomalyList), path, query)
 
 
 def simulate(scenario: Scenario | Mapping[str, Any]) -> Call[SimulationResult]:
-    parse = returning(_twin().SimulationResult)
+    parse = returning(SimulationResult)
     return Call(routes.SIMULATE, parse, body=jsonable(scenario))
 
 
@@ -320,14 +317,14 @@ def what_if(
 ) -> Call[SimulationResult]:
     body = {"load_device_id": load_device_id, "pv_device_id": pv_device_id,
             "horizon": horizon, "changes": jsonable(changes)}  # fmt: skip
-    return Call(routes.WHAT_IF, returning(_twin().SimulationResult), body=body)
+    return Call(routes.WHAT_IF, returning(SimulationResult), body=body)
 
 
 def dispatch(
     device_id: str, scenario: Scenario | Mapping[str, Any], send: bool, name: str
 ) -> Call[DispatchResponse]:
     body = {"device_id": device_id, "scenario": jsonable(scenario), "send": send, "name": name}
-    return Call(routes.DISPATCH, returning(_twin().DispatchResponse), body=body)
+    return Call(routes.DISPATCH, returning(DispatchResponse), body=body)
 
 
 def asyncapi() -> Call[dict[str, Any]]:

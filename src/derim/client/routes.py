@@ -73,6 +73,7 @@ SET_SITE_LIMIT = Route("PUT", "/api/v1/sites/{site}/limit")
 CLEAR_SITE_LIMIT = Route("DELETE", "/api/v1/sites/{site}/limit")
 
 FORECAST = Route("GET", "/api/v1/forecast/{device_id}", ("horizon", "model", "field"))
+STORED_FORECAST = Route("GET", "/api/v1/forecast/{device_id}/stored")
 TRAIN = Route("POST", "/api/v1/twin/{device_id}/train")
 TRAINING_JOB = Route("GET", "/api/v1/twin/jobs/{job_id}")
 MODELS = Route("GET", "/api/v1/twin/{device_id}/models", ("field",))

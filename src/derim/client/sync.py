@@ -5,18 +5,28 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
 from derim import __version__
-from derim.adapters.ocpp.site import SiteView
-from derim.api.views import CreatedKey, DeviceView, RejectPage
+from derim.adapters.ocpp.views import SiteView
+from derim.api.views import CreatedKey, DeviceView, RejectPage, StoredForecastResponse
 from derim.client import calls
 from derim.client.calls import Call, Instant, TelemetryWindow
 from derim.client.errors import DerimClientError, ServerUnreachableError, raise_for_status
 from derim.client.models import TelemetryPage
 from derim.client.stream import SseStream, stream_query
+from derim.client.twin_models import (
+    Anomaly,
+    DispatchResponse,
+    ForecastResponse,
+    ModelsResponse,
+    Scenario,
+    SimulationResult,
+    TrainingJob,
+    TrainRequest,
+)
 from derim.control.schedules import Schedule, ScheduleRequest
 from derim.models.command import CommandRequest, CommandResult
 from derim.models.common import DeviceType
@@ -26,18 +36,6 @@ from derim.models.telemetry import DERTelemetry
 from derim.security.audit import AuditEntry
 from derim.security.keys import ApiKey, Role
 from derim.storage.base import Aggregation, Interval, Order
-
-if TYPE_CHECKING:
-    from derim.client.twin_models import (
-        Anomaly,
-        DispatchResponse,
-        ForecastResponse,
-        ModelsResponse,
-        Scenario,
-        SimulationResult,
-        TrainingJob,
-        TrainRequest,
-    )
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -301,6 +299,11 @@ class DerimClient:
     ) -> ForecastResponse:
         """A forecast from now with P10/P50/P90; ``ResourceNotFoundError`` until trained."""
         return self._send(calls.forecast(device_id, horizon, model, field))
+
+    def stored_forecast(self, device_id: str) -> StoredForecastResponse:
+        """The power forecast (kW) last issued and stored for the device;
+        ``ResourceNotFoundError`` when it has none."""
+        return self._send(calls.stored_forecast(device_id))
 
     def train(
         self, device_id: str, request: TrainRequest | Mapping[str, Any] | None = None

@@ -1,8 +1,8 @@
 """The twin's request and response models, as the client uses them.
 
-Imported on a client's first twin call, not with the client: the twin's models live beside its
-numeric code (pandas, pvlib, scipy), which takes seconds to import. The responses are the API's
-own (``derim.api.views``); ``ForecastResponse`` adds ``to_pandas``.
+Pydantic only: the numeric code beside them (pandas, pvlib, scipy) is not imported, except by
+``ForecastResponse.to_pandas``. The responses are the API's own (``derim.api.views``);
+``ForecastResponse`` adds ``to_pandas``.
 """
 
 from __future__ import annotations

@@ -31,14 +31,20 @@ from urllib.parse import unquote
 
 import ocpp.messages
 from ocpp.exceptions import OCPPError
-from pydantic import BaseModel, Field
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from derim.adapters.base import ConnectionState, DeviceStatus, Publish, StatusChanged
-from derim.adapters.ocpp.commands import Version, build_call
+from derim.adapters.ocpp.commands import build_call
 from derim.adapters.ocpp.meter import MeterReadings
+from derim.adapters.ocpp.views import (
+    SECURITY_EVENTS_KEPT,
+    ChargerView,
+    ConnectorView,
+    SecurityEvent,
+    Version,
+)
 from derim.config import Settings
 from derim.errors import ConfigError, TransportError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus
@@ -74,18 +80,8 @@ SUBPROTOCOLS: dict[str, Version] = {"ocpp2.0.1": "2.0.1", "ocpp1.6": "1.6"}
 PATH = re.compile(r"/ocpp/([^/?]{1,48})")
 MAX_FRAME_BYTES = 1024 * 1024
 ACCEPTED_ANSWERS = frozenset({"Accepted", "Scheduled", "Unlocked"})
-SECURITY_EVENTS_KEPT = 20
 SessionsChanged = Callable[[str], None]
 """Told the id of a device whose running sessions changed (the site split listens)."""
-
-
-class ConnectorView(BaseModel):
-    """A connector (1.6) or EVSE (2.0.1) as the charger last reported it."""
-
-    connector_id: int
-    status: ConnectorStatus | None = None
-    error_code: str | None = None
-    updated_at: datetime | None = None
 
 
 @dataclass
@@ -110,26 +106,6 @@ class CentralCounters:
     malformed: int = 0
     refused_handshakes: int = 0
     dropped_fields: int = 0
-
-
-class SecurityEvent(BaseModel):
-    """A SecurityEventNotification from a charger."""
-
-    type: str
-    timestamp: datetime
-    tech_info: str | None = None
-
-
-class ChargerView(BaseModel):
-    """What the central system knows of a charger beyond the registry."""
-
-    ocpp_version: Version | None = None
-    connected: bool = False
-    connectors: list[ConnectorView] = Field(default_factory=list)
-    firmware_status: str | None = None
-    security_events: list[SecurityEvent] = Field(
-        default_factory=list, description=f"The newest {SECURITY_EVENTS_KEPT}, oldest first."
-    )
 
 
 @dataclass

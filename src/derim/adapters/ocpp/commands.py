@@ -32,11 +32,11 @@ from typing import Any, Literal
 from ocpp.v16 import call as call16
 from ocpp.v201 import call as call201
 
+from derim.adapters.ocpp.views import Version
 from derim.errors import InvalidRequestError
 from derim.models.command import CommandRequest, CommandType
 from derim.models.session import ChargingSession
 
-Version = Literal["1.6", "2.0.1"]
 SessionOn = Callable[[int], ChargingSession | None]
 """The running session on a connector (or EVSE), if any."""
 

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from ocpp.exceptions import OCPPError
-from pydantic import BaseModel, Field
 
 from derim.adapters.ocpp.central import CentralSystem
 from derim.adapters.ocpp.commands import (
@@ -27,32 +26,13 @@ from derim.adapters.ocpp.commands import (
     clear_profile,
     set_profile,
 )
+from derim.adapters.ocpp.views import Share, SiteView
 from derim.errors import TransportError
 from derim.models.session import ChargingSession
 from derim.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 0.5
-
-
-class Share(BaseModel):
-    """One session's part of a site limit and what its charger answered."""
-
-    device_id: str
-    connector_id: int
-    transaction_id: str
-    limit_kw: float
-    answer: str = Field(description="Accepted, Rejected, a CallError code, timeout or offline.")
-
-
-class SiteView(BaseModel):
-    """A site's limit and its current split."""
-
-    site: str
-    limit_kw: float | None
-    allocated_kw: float = Field(description="Sum of the shares, kW.")
-    shares: list[Share]
-    updated_at: datetime | None = None
 
 
 def split(limit_kw: float, caps_kw: Sequence[float | None]) -> list[float]:

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from derim.adapters.ocpp.site import SiteBalancer, SiteView
+from derim.adapters.ocpp.site import SiteBalancer
+from derim.adapters.ocpp.views import SiteView
 from derim.api.auth import Operator, Viewer, audit
 from derim.api.deps import get_services
 from derim.errors import InvalidRequestError

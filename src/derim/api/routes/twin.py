@@ -1,4 +1,5 @@
-"""``/api/v1/forecast`` and ``/api/v1/twin``: served forecasts, training, anomalies, what-if.
+"""``/api/v1/forecast`` and ``/api/v1/twin``: served and stored forecasts, training, anomalies,
+what-if.
 
 The routes declare their bodies with the twin's light API models; the numeric modules (pandas,
 NumPy, SciPy) are imported by the handlers, on the first request that needs them.
@@ -16,8 +17,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from derim.api.auth import Operator, Viewer, audit
 from derim.api.deps import get_services
 from derim.api.routes.schedules import create_schedule
-from derim.api.views import DispatchResponse, ForecastPoint, ForecastResponse, ModelsResponse
-from derim.errors import InvalidRequestError, TwinError
+from derim.api.views import (
+    DispatchResponse,
+    ForecastPoint,
+    ForecastResponse,
+    ModelsResponse,
+    StoredForecastResponse,
+)
+from derim.errors import InvalidRequestError, NotFoundError, TwinError
 from derim.services import Services
 from derim.twin.anomaly_model import Anomaly
 from derim.twin.scenario import Scenario, SimulationResult
@@ -92,6 +99,26 @@ async def get_forecast(
         freq=info.freq,
         horizon=duration_text(ahead),
         points=points,
+    )
+
+
+@router.get("/api/v1/forecast/{device_id}/stored")
+async def get_stored_forecast(
+    device_id: str, services: ServicesDep, caller: Viewer
+) -> StoredForecastResponse:
+    """The power forecast (kW) last issued and stored for the device; 404 when it has none."""
+    services.registry.get(device_id)
+    stored = await services.store.latest_forecast(device_id)
+    if stored is None:
+        raise NotFoundError(
+            "stored forecast",
+            f"{device_id} (none issued yet; train a model: POST /api/v1/twin/{device_id}/train)",
+        )
+    points = [
+        ForecastPoint(timestamp=p.time, p10=p.p10, p50=p.p50, p90=p.p90) for p in stored.points
+    ]
+    return StoredForecastResponse(
+        device_id=device_id, model=stored.model, issued_at=stored.issued_at, points=points
     )
 
 
