@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from pydantic import ValidationError
 
-from derim.errors import AdapterError, ProtocolError, TransportError
+from derim.errors import AdapterError, InvalidRequestError, ProtocolError, TransportError
 from derim.models.command import CommandRequest, CommandResult, CommandStatus
 from derim.models.common import Quality
 from derim.models.telemetry import DERTelemetry
@@ -91,6 +91,24 @@ def canonical_reading(
     except ValidationError as exc:
         problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
         raise ProtocolError(f"device reported out-of-range values: {problems}") from exc
+
+
+def requested_value(
+    command: CommandRequest, point: str, unit: str | None, has_choices: bool
+) -> float | str:
+    """What ``command`` asks control point ``point`` to take: the ``choice`` parameter, else
+    the command's own name for a point with choices (``connect``), else its value, which must
+    be given in the point's ``unit``; ``InvalidRequestError`` otherwise."""
+    value = command.parameters.get("choice")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float | str)):
+        raise InvalidRequestError("parameters.choice", "a choice is a name or a number")
+    if value is None:
+        value = command.command.value if has_choices else command.value
+    if value is None:
+        raise InvalidRequestError("value", f"{command.command.value} needs a value")
+    if not has_choices and unit and command.unit != unit:
+        raise InvalidRequestError("unit", f"{point} takes a value in {unit}, not {command.unit}")
+    return value
 
 
 def read_back_result(

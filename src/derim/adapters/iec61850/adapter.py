@@ -12,6 +12,7 @@ from derim.adapters.base import (
     PollSettings,
     canonical_reading,
     read_back_result,
+    requested_value,
 )
 from derim.adapters.iec61850.client import MmsLink
 from derim.adapters.iec61850.decode import (
@@ -100,15 +101,7 @@ class Iec61850Adapter(PollingAdapter):
         """The setpoint and value ``command`` would write; ``InvalidRequestError`` if no
         setpoint carries it out, the unit is wrong or the value is outside the limits."""
         control = self._control(command)
-        value: object = command.parameters.get("choice")
-        if value is None:
-            value = command.command.value if control.choices is not None else command.value
-        if value is None:
-            raise InvalidRequestError("value", f"{command.command.value} needs a value")
-        if control.choices is None and control.unit and command.unit != control.unit:
-            raise InvalidRequestError(
-                "unit", f"{control.name} takes a value in {control.unit}, not {command.unit}"
-            )
+        value = requested_value(command, control.name, control.unit, control.choices is not None)
         return control, encode_setpoint(control, value)
 
     def validate(self, command: CommandRequest) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from derim.adapters.base import (
     PollingAdapter,
     PollSettings,
     canonical_reading,
     read_back_result,
+    requested_value,
 )
 from derim.adapters.modbus.codec import (
     MISSING,
@@ -101,15 +101,7 @@ class ModbusAdapter(PollingAdapter):
         """The control point and registers ``command`` would write; ``InvalidRequestError`` if
         no point carries it out or the value is outside the point's limits."""
         point = self._control(command)
-        value: Any = command.parameters.get("choice")
-        if value is None:
-            value = command.command.value if point.choices is not None else command.value
-        if value is None:
-            raise InvalidRequestError("value", f"{command.command.value} needs a value")
-        if point.choices is None and point.unit and command.unit != point.unit:
-            raise InvalidRequestError(
-                "unit", f"{point.name} takes a value in {point.unit}, not {command.unit}"
-            )
+        value = requested_value(command, point.name, point.unit, point.choices is not None)
         return point, encode_write(point, value)
 
     def validate(self, command: CommandRequest) -> None:
