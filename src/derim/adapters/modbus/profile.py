@@ -17,15 +17,10 @@ from pydantic import (
     model_validator,
 )
 
+from derim.adapters.fed_fields import fed_field_kind
 from derim.adapters.yaml_model import Loc, ProfileLoader, RuleError, StrictModel, inherit
 from derim.models.command import CommandType
 from derim.models.common import DeviceType
-from derim.models.telemetry import (
-    ENUM_FIELDS,
-    METADATA_FIELDS,
-    TELEMETRY_BY_DEVICE_TYPE,
-    telemetry_fields,
-)
 
 RegisterType = Literal["holding", "input"]
 Order = Literal["big", "little"]
@@ -229,32 +224,13 @@ class Profile(StrictModel):
 
 def _check_field(device_type: DeviceType, loc: Loc, point: Point, fed: set[str]) -> None:
     """Raise ``RuleError`` unless ``point.field`` is a free field its data type can feed."""
-    if point.field is None:
-        if point.enum is not None:
-            raise RuleError((*loc, "enum"), "an enum map needs a state field")
+    kind = fed_field_kind(device_type, loc, point.field, point.enum, fed)
+    if kind is None:
         return
-    cls = TELEMETRY_BY_DEVICE_TYPE[device_type]
-    allowed = [name for name in cls.model_fields if name not in METADATA_FIELDS]
     where = (*loc, "field")
-    if point.field not in allowed:
-        raise RuleError(where, f"{point.field!r} is not a {cls.__name__} field: {allowed}")
-    if point.field in fed:
-        raise RuleError(where, f"field {point.field!r} is fed by two points")
-    fed.add(point.field)
-    kind = telemetry_fields()[point.field]
-    enum_cls = ENUM_FIELDS.get(point.field)
-    if enum_cls is not None:
-        if point.enum is None:
-            raise RuleError(where, f"{point.field!r} needs an enum map")
-        values = {member.value for member in enum_cls}
-        for raw, value in point.enum.items():
-            if value not in values:
-                raise RuleError((*loc, "enum", raw), f"{value!r} is not in {sorted(values)}")
-    elif point.enum is not None:
-        raise RuleError((*loc, "enum"), f"{point.field!r} does not take an enum map")
-    elif (kind is str) != (point.data_type == "string"):
+    if (kind is str) != (point.data_type == "string"):
         raise RuleError(where, f"{point.field!r} cannot be fed by a {point.data_type} point")
-    elif kind is int and not (point.data_type in INTEGER_RANGES and _unscaled(point)):
+    if kind is int and not (point.data_type in INTEGER_RANGES and _unscaled(point)):
         raise RuleError(where, f"{point.field!r} needs an unscaled integer point")
 
 
