@@ -116,10 +116,20 @@ class Sep2Http:
         )
         return reply.location
 
-    async def _request(self, method: str, href: str, **kwargs: object) -> _Reply:
+    async def _request(
+        self,
+        method: str,
+        href: str,
+        *,
+        params: dict[str, int] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> _Reply:
         """Send a request and read its body, stopping (``ProtocolError``) as soon as the body
         runs over ``max_body_bytes``: a larger body is never held in memory."""
-        request = self._client.build_request(method, href, **kwargs)  # type: ignore[arg-type]
+        request = self._client.build_request(
+            method, href, params=params, content=content, headers=headers
+        )
         try:
             response = await self._client.send(request, stream=True)
             try:
