@@ -60,3 +60,60 @@ async def test_a_full_inbox_holds_paho_back_until_the_loop_takes_a_batch(
     taken += [m.mid for m in await client.messages()]
     thread.join()
     assert taken == [0, 1, 2, 3]
+
+
+class ChunkedSocket:
+    """A non-blocking socket stand-in that returns queued chunks, one per ``recv``."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.reads = 0
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        if not self.chunks:
+            raise BlockingIOError
+        return self.chunks.pop(0)[:size]
+
+    def close(self) -> None:
+        self.chunks = []
+
+
+def test_the_buffered_socket_serves_small_reads_from_one_large_read() -> None:
+    inner = ChunkedSocket([b"abcdef", b"gh", b""])
+    sock = client_module._BufferedSocket(inner)  # type: ignore[arg-type]
+    assert [sock.recv(1), sock.recv(2), sock.recv(10)] == [b"a", b"bc", b"def"]
+    assert inner.reads == 1
+    assert sock.recv(1) == b"g"
+    assert sock.pending() == 1
+    assert sock.recv(5) == b"h"
+    assert sock.buffered() == 0
+    assert sock.recv(1) == b""  # the peer closed
+    with pytest.raises(BlockingIOError):
+        sock.recv(1)
+    assert inner.reads == 4
+
+
+def publish_packet(topic: str, payload: bytes) -> bytes:
+    """An MQTT 3.1.1 QoS 0 PUBLISH (remaining length under 128 bytes)."""
+    body = len(topic).to_bytes(2, "big") + topic.encode() + payload
+    assert len(body) < 128
+    return bytes([0x30, len(body)]) + body
+
+
+def test_paho_handles_every_packet_of_one_read_and_only_then_reads_again() -> None:
+    """Three PUBLISH packets arrive in two reads, the third split over both: one ``loop_read``
+    hands all three to ``on_message`` in order, with a socket read per chunk, not per field."""
+    packets = b"".join(publish_packet(f"t/{n}", str(n).encode()) for n in range(3))
+    inner = ChunkedSocket([packets[:-2], packets[-2:]])
+    paho_client = client_module._BufferedClient(
+        client_module.CallbackAPIVersion.VERSION2, protocol=client_module.paho.MQTTv311
+    )
+    received: list[tuple[str, bytes]] = []
+    paho_client.on_message = lambda _c, _u, message: received.append(
+        (message.topic, message.payload)
+    )
+    paho_client._sock = client_module._BufferedSocket(inner)  # type: ignore[arg-type]
+    assert paho_client.loop_read() == client_module.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert received == [("t/0", b"0"), ("t/1", b"1"), ("t/2", b"2")]
+    assert inner.reads == 2  # one per chunk; none once the buffer is empty (select's turn)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,6 +42,12 @@ ROUTE_CACHE_SIZE = 100_000
 """Topics whose route is remembered; the cache starts over when full."""
 RETRY_S = 1.0
 """Pause before storing a batch again after storage refused it (s)."""
+
+
+class _Answers(Enum):
+    """The route of a topic that carries the answers of devices to commands."""
+
+    RESPONSE = "response"
 
 
 @dataclass(slots=True)
@@ -80,7 +87,7 @@ class MqttAdapter:
         """Told of every MQTT device's change of state when the broker connection changes."""
         client.connection_changed = self._connection_changed
         self._response_filters = MqttAdapter.filters(self.mappings, None)[1]
-        self._routes: dict[str, Route | None] = {}
+        self._routes: dict[str, Route | _Answers | None] = {}
 
     @staticmethod
     def filters(
@@ -130,11 +137,12 @@ class MqttAdapter:
         records: list[DERTelemetry] = []
         rejects: list[Reject] = []
         for message in batch:
-            if message.correlation is not None or self._is_response(message.topic):
+            route = self._route(message.topic)
+            if message.correlation is not None or route is _Answers.RESPONSE:
                 self._answer(message)
                 continue
             try:
-                records += await self._records(message)
+                records += await self._records(message, route)
             except ProtocolError as exc:
                 rejects.append(_reject(message, str(exc)))
         if records:
@@ -146,8 +154,7 @@ class MqttAdapter:
             log.warning("mqtt: %d message(s) rejected, first: %s", len(rejects), rejects[0].reason)
         self.counters.messages += len(batch)
 
-    async def _records(self, message: Message) -> list[DERTelemetry]:
-        route = self._route(message.topic)
+    async def _records(self, message: Message, route: Route | None) -> list[DERTelemetry]:
         if route is None:
             raise ProtocolError(f"no mapping for topic {message.topic!r}")
         arrived = datetime.fromtimestamp(message.received_at, UTC)
@@ -158,14 +165,17 @@ class MqttAdapter:
             self._last_seen[reading.device_id] = arrived
         return records
 
-    def _route(self, topic: str) -> Route | None:
-        """The first route of the mappings that takes ``topic``, remembered per topic."""
+    def _route(self, topic: str) -> Route | _Answers | None:
+        """What ``topic`` carries, remembered per topic: answers to commands, else the readings
+        of the first route of the mappings that takes it (None when none does)."""
         if topic in self._routes:
             return self._routes[topic]
         if len(self._routes) >= ROUTE_CACHE_SIZE:
             self._routes.clear()
-        route = None
-        for mapping in self.mappings:
+        route: Route | _Answers | None = None
+        if any(topic_matches(pattern, topic) for pattern in self._response_filters):
+            route = _Answers.RESPONSE
+        for mapping in self.mappings if route is None else ():
             route = route_for(mapping, topic)
             if route is not None:
                 break
@@ -260,9 +270,6 @@ class MqttAdapter:
             self._responses.pop(correlation, None)
         result.history.append((result.status, datetime.now(UTC)))
         return result
-
-    def _is_response(self, topic: str) -> bool:
-        return any(topic_matches(pattern, topic) for pattern in self._response_filters)
 
     def _answer(self, message: Message) -> None:
         """Hand a command response to the command waiting for it (others are logged)."""

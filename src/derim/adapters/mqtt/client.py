@@ -2,7 +2,9 @@
 
 paho does the protocol (MQTT 3.1.1 and 5, TLS, persistent sessions, reconnect with backoff). Its
 thread appends each message to an inbox and wakes the event loop once per batch, not once per
-message. QoS 1 messages are acknowledged by hand (``ack``), after the caller has stored them, so
+message. ``_BufferedClient`` makes paho read its socket in large chunks (paho alone makes a
+``select`` and three to four ``recv`` calls per message): this depends on paho 2.2's internals
+(``_create_socket``, ``_handle_on_message``), so the dependency is pinned to that minor version. QoS 1 messages are acknowledged by hand (``ack``), after the caller has stored them, so
 a crash loses nothing the broker delivered: the broker sends them again when the session resumes.
 """
 
@@ -15,15 +17,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from derim.config import Settings
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import SocketLike
 from derim.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,10 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
 """paho's reconnect backoff: doubling from 1 s, at most 30 s."""
 MAX_BATCH = 5_000
 """Messages handed to the event loop at once, so one batch never blocks it for long."""
+RECEIVE_CHUNK = 262_144
+"""Bytes read from the socket at once (paho itself reads every packet in three reads or more)."""
+READ_BURST = 1_000
+"""Packets paho's thread handles from already-read bytes before it checks the socket again."""
 MAX_INBOX = 50_000
 """Messages waiting for the event loop; past this paho's thread stops reading from the socket
 until the loop catches up (TCP pushes back on the broker), so QoS 0 floods cannot exhaust memory."""
@@ -69,7 +78,7 @@ class MqttClient:
         """Told, on the event loop, each time the broker connection comes up or goes down."""
         self._settings = settings
         self._v5 = settings.mqtt_protocol == "5"
-        self._client = paho.Client(
+        self._client = _BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=settings.mqtt_client_id,
             clean_session=None if self._v5 else False,
@@ -261,6 +270,74 @@ class MqttClient:
                 return
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_settle, done)
+
+
+class _BufferedSocket:
+    """A socket whose ``recv`` serves paho's small reads from one large read."""
+
+    def __init__(self, sock: SocketLike) -> None:
+        self._sock = sock
+        self._data = b""
+        self._position = 0
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" once the peer closed; raises as the socket does when
+        nothing is buffered and nothing can be read."""
+        start = self._position
+        if start >= len(self._data):
+            data = self._sock.recv(RECEIVE_CHUNK)
+            if not data:
+                return b""
+            self._data, start = data, 0
+        self._position = start + size
+        return self._data[start : self._position]
+
+    def buffered(self) -> int:
+        """Bytes read from the socket and not yet handed to paho."""
+        return max(0, len(self._data) - self._position)
+
+    def pending(self) -> int:
+        """Bytes readable without waiting (paho skips its ``select`` wait while any are)."""
+        inner = getattr(self._sock, "pending", None)
+        return self.buffered() + (inner() if inner is not None else 0)
+
+    def send(self, buffer: bytes | bytearray) -> int:
+        return self._sock.send(buffer)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+
+class _BufferedClient(paho.Client):
+    """paho's client reading its socket in large chunks and handling every packet already read
+    before it waits on the socket again (paho alone makes a ``select`` and three to four
+    ``recv`` calls per message)."""
+
+    def _create_socket(self) -> SocketLike:
+        return _BufferedSocket(super()._create_socket())
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        """Hand ``message`` to ``on_message``: this client sets no per-topic callbacks, so it
+        skips paho's matching of every message against them."""
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        for _ in range(READ_BURST):
+            rc = super().loop_read(max_packets)
+            sock = self._sock
+            if rc or not isinstance(sock, _BufferedSocket) or not sock.buffered():
+                break
+        return rc
 
 
 def _properties(packet_type: int) -> Properties:

@@ -10,6 +10,7 @@ of this machine's clock are rejected.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -34,6 +35,9 @@ MAX_FUTURE_S = 86_400.0
 """How far ahead of the local clock a payload timestamp may be, s (clock skew allowance)."""
 MS_THRESHOLD = 1e11
 """``auto`` timestamps: epoch values above this are milliseconds (1e11 s is the year 5138)."""
+
+DEVICE_ID_CACHE_SIZE = 100_000
+"""(template, topic) pairs whose device id is remembered."""
 
 _EXPECTED: dict[TimestampFormat, str] = {
     "iso8601": "an ISO 8601 string",
@@ -139,6 +143,7 @@ def _decode_metrics(route: MetricsRoute, device_id: str, document: object) -> li
     ]
 
 
+@functools.lru_cache(maxsize=DEVICE_ID_CACHE_SIZE)
 def _device_id(template: str, topic: str) -> str:
     """The device id ``template`` names in ``topic``; raise ``PayloadError`` if it is invalid."""
     try:
