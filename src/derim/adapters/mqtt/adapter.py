@@ -160,7 +160,9 @@ class MqttAdapter:
         arrived = datetime.fromtimestamp(message.received_at, UTC)
         records = []
         for reading in decode(route, message.topic, message.payload):
-            await self._known(reading, message.topic)
+            device = self.registry.find(reading.device_id)
+            if device is None or device.device_type is not reading.device_type:
+                await self._known(reading, message.topic)
             records.append(_record(reading, arrived))
             self._last_seen[reading.device_id] = arrived
         return records

@@ -2,10 +2,12 @@
 
 paho does the protocol (MQTT 3.1.1 and 5, TLS, persistent sessions, reconnect with backoff). Its
 thread appends each message to an inbox and wakes the event loop once per batch, not once per
-message. ``_BufferedClient`` makes paho read its socket in large chunks (paho alone makes a
-``select`` and three to four ``recv`` calls per message): this depends on paho 2.2's internals
-(``_create_socket``, ``_handle_on_message``), so the dependency is pinned to that minor version. QoS 1 messages are acknowledged by hand (``ack``), after the caller has stored them, so
+message. QoS 1 messages are acknowledged by hand (``ack``), after the caller has stored them, so
 a crash loses nothing the broker delivered: the broker sends them again when the session resumes.
+
+``_BufferedClient`` makes paho read its socket in large chunks (paho alone makes a ``select`` and
+three to four ``recv`` calls per message). It relies on paho 2.2's internals (``_create_socket``,
+``_handle_on_message``), so the dependency is pinned to that minor version.
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ MAX_INBOX = 50_000
 until the loop catches up (TCP pushes back on the broker), so QoS 0 floods cannot exhaust memory."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One message as received; ``received_at`` is Unix time (s)."""
+    """One message as received; ``received_at`` is Unix time (s). Not frozen: a frozen
+    dataclass costs paho's thread twice as much to build, once per message."""
 
     topic: str
     payload: bytes

@@ -53,7 +53,7 @@ class PayloadError(ProtocolError):
     """A message a route cannot decode; the message names what is wrong."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reading:
     """One device's canonical values at one instant, decoded from an MQTT message."""
 
@@ -97,23 +97,27 @@ def _decode_json(route: JsonRoute, device_id: str, document: object) -> list[Rea
         raise PayloadError(f"empty batch at path {route.readings!r}")
     readings = []
     for n, item in enumerate(batch):
-        where = "payload" if route.readings_keys is None else f"reading {n}"
         if not isinstance(item, dict):
-            raise PayloadError(f"{where} is {_show(item)}, not a JSON object")
+            raise PayloadError(f"{_where(route, n)} is {_show(item)}, not a JSON object")
         fields: dict[str, float | str] = {}
         for target in route.targets:
             raw = _at(item, target.keys)
             if raw is not None:
                 fields[target.field] = _value(target, raw)
         if not fields:
-            paths = [target.source for target in route.targets]
-            raise PayloadError(f"{where} has none of the mapped values: {', '.join(paths)}")
+            paths = ", ".join(target.source for target in route.targets)
+            raise PayloadError(f"{_where(route, n)} has none of the mapped values: {paths}")
         timestamp = None
         if route.timestamp is not None and route.timestamp_keys is not None:
             raw = _at(item, route.timestamp_keys)
             timestamp = _timestamp(raw, route.timestamp.format)
         readings.append(Reading(device_id, route.device_type, timestamp, fields))
     return readings
+
+
+def _where(route: JsonRoute, n: int) -> str:
+    """Reading ``n`` of a json route's payload, as error messages name it."""
+    return "payload" if route.readings_keys is None else f"reading {n}"
 
 
 def _decode_metrics(route: MetricsRoute, device_id: str, document: object) -> list[Reading]:
@@ -205,7 +209,7 @@ def _value(target: Target, raw: object) -> float | str:
         if target.max_length is not None and len(raw) > target.max_length:
             raise PayloadError(f"{target.source}: longer than {target.max_length} characters")
         return raw
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
+    if type(raw) is not float and type(raw) is not int:  # bool is neither
         raise PayloadError(f"{target.source}: {_show(raw)} is not a number")
     number: float
     if kind == "integer":
