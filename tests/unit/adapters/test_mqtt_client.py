@@ -8,6 +8,7 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from derim.adapters.mqtt import client as client_module
 from derim.adapters.mqtt.client import MqttClient
@@ -107,13 +108,49 @@ def test_paho_handles_every_packet_of_one_read_and_only_then_reads_again() -> No
     packets = b"".join(publish_packet(f"t/{n}", str(n).encode()) for n in range(3))
     inner = ChunkedSocket([packets[:-2], packets[-2:]])
     paho_client = client_module._BufferedClient(
-        client_module.CallbackAPIVersion.VERSION2, protocol=client_module.paho.MQTTv311
+        CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311
     )
-    received: list[tuple[str, bytes]] = []
+    received: list[tuple[str, bytes | bytearray]] = []
     paho_client.on_message = lambda _c, _u, message: received.append(
         (message.topic, message.payload)
     )
     paho_client._sock = client_module._BufferedSocket(inner)  # type: ignore[arg-type]
-    assert paho_client.loop_read() == client_module.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert paho_client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
     assert received == [("t/0", b"0"), ("t/1", b"1"), ("t/2", b"2")]
     assert inner.reads == 2  # one per chunk; none once the buffer is empty (select's turn)
+
+
+def mqtt5_publish(topic: str, payload: bytes, mid: int, properties: bytes = b"") -> bytes:
+    """An MQTT 5 QoS 1 PUBLISH with packet id ``mid`` (remaining length under 128 bytes)."""
+    body = (
+        len(topic).to_bytes(2, "big")
+        + topic.encode()
+        + mid.to_bytes(2, "big")
+        + bytes([len(properties)])
+        + properties
+        + payload
+    )
+    assert len(body) < 128
+    return bytes([0x32, len(body)]) + body
+
+
+def test_mqtt5_packets_with_and_without_properties_decode_alike() -> None:
+    """A PUBLISH without properties takes the 3.1.1 decoder, one with correlation data paho's
+    MQTT 5 path; both give the same topic, payload, QoS and packet id."""
+    correlation = bytes([9]) + (3).to_bytes(2, "big") + b"abc"  # property 9, binary data
+    inner = ChunkedSocket(
+        [mqtt5_publish("t/a", b"1", 7) + mqtt5_publish("t/b", b"", 8, correlation)]
+    )
+    paho_client = client_module._BufferedClient(
+        CallbackAPIVersion.VERSION2,
+        protocol=MQTTProtocolVersion.MQTTv5,
+        manual_ack=True,
+    )
+    received: list[tuple[str, bytes | bytearray, int, int, object]] = []
+    paho_client.on_message = lambda _c, _u, message: received.append(
+        (message.topic, message.payload, message.qos, message.mid,
+         getattr(message.properties, "CorrelationData", None))
+    )  # fmt: skip
+    paho_client._sock = client_module._BufferedSocket(inner)  # type: ignore[arg-type]
+    assert paho_client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert received == [("t/a", b"1", 1, 7, None), ("t/b", b"", 1, 8, b"abc")]
