@@ -4,13 +4,13 @@ Ours: DERIM's real path, ``running_services`` with the MQTT adapter (persistent 
 receive maximum) and a mapping of the ``_mqtt.meter_payload`` JSON readings on
 ``bench/meter/+/telemetry`` to meter records stored in SQLite. Raw: ``_mqtt.raw_rate``. Both get
 the same N messages from the same two publisher processes, raw then ours, in three cases: QoS 1
-over MQTT 5, QoS 0 over MQTT 5 and QoS 0 over MQTT 3.1.1 (the subscribers' protocol; paho decodes
-an MQTT 5 PUBLISH in ~14 µs against ~2 µs for 3.1.1, its property parsing), each on a fresh
-broker (autosave off, so no snapshot of a queue of a million messages every second) and, for
-ours, a fresh data directory. Rates run from the first to the last message: for
-ours, stored (``mqtt.counters.records``, sampled every 5 ms); for raw, received. Every message has
-its own (device, timestamp), so loss is counted in storage once the services closed: published
-minus distinct rows.
+over MQTT 5, QoS 0 over MQTT 5 and QoS 0 over MQTT 3.1.1 (the subscribers' protocol: plain paho
+decodes an MQTT 5 PUBLISH in ~14 µs against ~2 µs for 3.1.1, its property parsing, which DERIM's
+client skips for packets without properties). Each run has a fresh broker (autosave off, so no
+snapshot of a queue of a million messages every second) and, for ours, a fresh data directory.
+Rates run from the first to the last message: for ours, stored (``mqtt.counters.records``,
+sampled every 5 ms); for raw, received. Every message has its own (device, timestamp), so loss is
+counted in storage once the services closed: published minus distinct rows.
 """
 
 from __future__ import annotations
@@ -267,14 +267,14 @@ def _figures(
         Figure(BENCH, "(g) MQTT QoS 1 lost messages", "msgs", max(lost[qos1]), 0.0, loss_label,
                f"max of {len(lost[qos1])}", "0", not any(lost[qos1]), lost[qos1],
                note="published minus distinct (device, timestamp) rows stored"),
+        Figure(BENCH, "(g) MQTT QoS 0 broker to stored, MQTT 5", "msg/s", ours0_v5,
+               median(raw_runs[qos0_v5]), raw_label, stat, ">= 20,000 msg/s",
+               ours0_v5 >= QOS0_TARGET, rates[qos0_v5], raw_runs[qos0_v5],
+               note=f"{sizes[0]:,} messages per run"),
         Figure(BENCH, "(g) MQTT QoS 0 broker to stored, MQTT 3.1.1", "msg/s", ours0_v311,
                median(raw_runs[qos0_v311]), raw_label, stat, ">= 20,000 msg/s",
                ours0_v311 >= QOS0_TARGET, rates[qos0_v311], raw_runs[qos0_v311],
                note=f"{sizes[0]:,} messages per run"),
-        Figure(BENCH, "(g) MQTT QoS 0 broker to stored, MQTT 5", "msg/s", ours0_v5,
-               median(raw_runs[qos0_v5]), raw_label, stat, ">= 20,000 msg/s",
-               ours0_v5 >= QOS0_TARGET, rates[qos0_v5], raw_runs[qos0_v5],
-               note=f"{sizes[0]:,} messages per run; paho's MQTT 5 property decoding included"),
         Figure(BENCH, "(g) MQTT QoS 0 lost messages", "msgs", max(lost0), 0.0, loss_label,
                f"max of {len(lost0)}", "none (QoS 0 may drop under load)", None, lost0,
                note=f"both protocols; not stored {STALL_S:.0f} s after the last stored record"),

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 
 from derim.adapters.mqtt import client as client_module
 from derim.adapters.mqtt.client import MqttClient
@@ -102,21 +103,27 @@ def publish_packet(topic: str, payload: bytes) -> bytes:
     return bytes([0x30, len(body)]) + body
 
 
-def test_paho_handles_every_packet_of_one_read_and_only_then_reads_again() -> None:
+def feed(client: MqttClient, chunks: list[bytes]) -> ChunkedSocket:
+    """Give the client's paho side a socket that returns ``chunks``, then let it read once."""
+    inner = ChunkedSocket(chunks)
+    client._client._sock = client_module._BufferedSocket(inner)  # type: ignore[arg-type]
+    assert client._client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    return inner
+
+
+async def test_paho_handles_every_packet_of_one_read_and_only_then_reads_again() -> None:
     """Three PUBLISH packets arrive in two reads, the third split over both: one ``loop_read``
-    hands all three to ``on_message`` in order, with a socket read per chunk, not per field."""
+    hands all three to the inbox in order, with a socket read per chunk, not per field."""
+    client = MqttClient(
+        load_settings(None, mqtt_url="mqtt://127.0.0.1:1", mqtt_protocol="3.1.1"), ["t/#"]
+    )
+    client._loop = asyncio.get_running_loop()
     packets = b"".join(publish_packet(f"t/{n}", str(n).encode()) for n in range(3))
-    inner = ChunkedSocket([packets[:-2], packets[-2:]])
-    paho_client = client_module._BufferedClient(
-        CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311
-    )
-    received: list[tuple[str, bytes | bytearray]] = []
-    paho_client.on_message = lambda _c, _u, message: received.append(
-        (message.topic, message.payload)
-    )
-    paho_client._sock = client_module._BufferedSocket(inner)  # type: ignore[arg-type]
-    assert paho_client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
-    assert received == [("t/0", b"0"), ("t/1", b"1"), ("t/2", b"2")]
+    inner = feed(client, [packets[:-2], packets[-2:]])
+    received = await client.messages()
+    assert [(m.topic, m.payload, m.qos) for m in received] == [
+        ("t/0", b"0", 0), ("t/1", b"1", 0), ("t/2", b"2", 0)
+    ]  # fmt: skip
     assert inner.reads == 2  # one per chunk; none once the buffer is empty (select's turn)
 
 
@@ -134,23 +141,25 @@ def mqtt5_publish(topic: str, payload: bytes, mid: int, properties: bytes = b"")
     return bytes([0x32, len(body)]) + body
 
 
-def test_mqtt5_packets_with_and_without_properties_decode_alike() -> None:
-    """A PUBLISH without properties takes the 3.1.1 decoder, one with correlation data paho's
-    MQTT 5 path; both give the same topic, payload, QoS and packet id."""
+async def test_mqtt5_packets_with_and_without_properties_decode_alike(
+    client: MqttClient,
+) -> None:
+    """A PUBLISH without properties takes the short path (3.1.1 decoder, no paho message
+    object), one with correlation data paho's MQTT 5 path; both give topic, payload, QoS and
+    packet id, and the second its correlation data."""
+    client._loop = asyncio.get_running_loop()
+    paho_path: list[str] = []
+    on_message = client._on_message
+
+    def counted(paho_client: Any, userdata: Any, message: Any) -> None:
+        paho_path.append(message.topic)
+        on_message(paho_client, userdata, message)
+
+    client._client.on_message = counted
     correlation = bytes([9]) + (3).to_bytes(2, "big") + b"abc"  # property 9, binary data
-    inner = ChunkedSocket(
-        [mqtt5_publish("t/a", b"1", 7) + mqtt5_publish("t/b", b"", 8, correlation)]
-    )
-    paho_client = client_module._BufferedClient(
-        CallbackAPIVersion.VERSION2,
-        protocol=MQTTProtocolVersion.MQTTv5,
-        manual_ack=True,
-    )
-    received: list[tuple[str, bytes | bytearray, int, int, object]] = []
-    paho_client.on_message = lambda _c, _u, message: received.append(
-        (message.topic, message.payload, message.qos, message.mid,
-         getattr(message.properties, "CorrelationData", None))
-    )  # fmt: skip
-    paho_client._sock = client_module._BufferedSocket(inner)  # type: ignore[arg-type]
-    assert paho_client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
-    assert received == [("t/a", b"1", 1, 7, None), ("t/b", b"", 1, 8, b"abc")]
+    feed(client, [mqtt5_publish("t/a", b"1", 7) + mqtt5_publish("t/b", b"", 8, correlation)])
+    received = await client.messages()
+    assert [(m.topic, m.payload, m.qos, m.mid, m.correlation) for m in received] == [
+        ("t/a", b"1", 1, 7, None), ("t/b", b"", 1, 8, b"abc")
+    ]  # fmt: skip
+    assert paho_path == ["t/b"]
