@@ -174,13 +174,12 @@ class MqttAdapter:
             return self._routes[topic]
         if len(self._routes) >= ROUTE_CACHE_SIZE:
             self._routes.clear()
-        route: Route | _Answers | None = None
+        route: Route | _Answers | None
         if any(topic_matches(pattern, topic) for pattern in self._response_filters):
             route = _Answers.RESPONSE
-        for mapping in self.mappings if route is None else ():
-            route = route_for(mapping, topic)
-            if route is not None:
-                break
+        else:
+            found = (route_for(mapping, topic) for mapping in self.mappings)
+            route = next((each for each in found if each is not None), None)
         self._routes[topic] = route
         return route
 

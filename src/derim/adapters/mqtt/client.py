@@ -6,10 +6,10 @@ message. QoS 1 messages are acknowledged by hand (``ack``), after the caller has
 a crash loses nothing the broker delivered: the broker sends them again when the session resumes.
 
 ``_BufferedClient`` makes paho read its socket in large chunks (paho alone makes a ``select`` and
-three to four ``recv`` calls per message). It also decodes MQTT 5 PUBLISH packets that carry
-no properties with paho's cheaper MQTT 3.1.1 decoder. Both rely on paho 2.2's internals
-(``_create_socket``, ``_handle_publish``, ``_handle_on_message``, ``_packet``), so the dependency
-is pinned to that minor version.
+three to four ``recv`` calls per message), and hands PUBLISH packets without MQTT 5 properties
+straight to the inbox, decoded by paho's cheaper MQTT 3.1.1 decoder. Both rely on paho 2.2's
+internals (``_create_socket``, ``_handle_publish``, ``_handle_on_message``, ``_packet``), so the
+dependency is pinned to that minor version.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from derim.config import Settings
+from derim.errors import ConfigError, TransportError
 
 if TYPE_CHECKING:
     from paho.mqtt.client import SocketLike
-from derim.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -327,15 +327,14 @@ class _BufferedSocket:
 
 
 class _BufferedClient(paho.Client):
-    """paho's client reading its socket in large chunks and handling every packet already read
-    before it waits on the socket again (paho alone makes a ``select`` and three to four
-    ``recv`` calls per message)."""
-
-    def _create_socket(self) -> SocketLike:
-        return _BufferedSocket(super()._create_socket())
+    """paho's client reading its socket in large chunks, handling every packet already read
+    before it waits on the socket again, and giving plain PUBLISH packets to ``plain_message``."""
 
     plain_message: Callable[[Message], None] | None = None
     """Given each PUBLISH at QoS 0 or 1 without MQTT 5 properties, instead of ``on_message``."""
+
+    def _create_socket(self) -> SocketLike:
+        return _BufferedSocket(super()._create_socket())
 
     def _handle_publish(self) -> MQTTErrorCode:
         """Hand a PUBLISH at QoS 0 or 1 without properties (telemetry, nearly always) straight to
