@@ -19,6 +19,7 @@ from mqtt_helpers import (
 )
 
 from async_helpers import until, until_async
+from derim.adapters.mqtt import client as client_module
 from derim.models.command import CommandRequest, CommandStatus, CommandType
 from derim.services import Services
 from derim.sim.broker import Mosquitto
@@ -51,6 +52,28 @@ async def test_a_burst_is_stored_whole_with_device_timestamps(
         device = services.registry.get("m1")
         assert device.device_type.value == "meter"
         assert services.status(device) is not None
+
+
+async def test_messages_larger_than_a_socket_read_are_stored_whole(
+    mosquitto: Mosquitto, tmp_path: Path, mapping_file: Path
+) -> None:
+    """Readings padded past the client's 256 KiB read, between small ones, over MQTT 5 and 3.1.1:
+    every one is stored, so packets spread over several reads are put back together."""
+    big = client_module.RECEIVE_CHUNK + 100_000
+    messages = [
+        (topic, body if i % 2 else body[:-1] + b', "pad": "' + b"x" * big + b'"}')
+        for i, (topic, body) in enumerate(stream("big", range(6)))
+    ]
+    for protocol in ("5", "3.1.1"):
+        async with derim(
+            mosquitto, tmp_path / protocol, mapping_file, mqtt_protocol=protocol
+        ) as services:
+            publisher = Publisher(mosquitto)
+            await asyncio.to_thread(publisher.send, messages)
+            publisher.close()
+            await until_async(lambda: _count_is(services, "big", 6))
+            assert services.mqtt is not None
+            assert services.mqtt.counters.rejected == 0
 
 
 async def test_malformed_payloads_are_dead_lettered_with_their_bytes(
