@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,10 +15,11 @@ from paho.mqtt.enums import MQTTErrorCode
 from derim.adapters.mqtt import client as client_module
 from derim.adapters.mqtt.client import MqttClient
 from derim.config import load_settings
+from derim.errors import TransportError
 
 
 def fake_message(mid: int) -> SimpleNamespace:
-    return SimpleNamespace(topic="t/x", payload=b"1", qos=1, mid=mid, properties=None)
+    return SimpleNamespace(_topic=b"t/x", payload=b"1", qos=1, mid=mid, properties=None)
 
 
 @pytest.fixture
@@ -127,11 +129,12 @@ async def test_paho_handles_every_packet_of_one_read_and_only_then_reads_again()
     assert inner.reads == 2  # one per chunk; none once the buffer is empty (select's turn)
 
 
-def mqtt5_publish(topic: str, payload: bytes, mid: int, properties: bytes = b"") -> bytes:
+def mqtt5_publish(topic: str | bytes, payload: bytes, mid: int, properties: bytes = b"") -> bytes:
     """An MQTT 5 QoS 1 PUBLISH with packet id ``mid`` (remaining length under 128 bytes)."""
+    name = topic.encode() if isinstance(topic, str) else topic
     body = (
-        len(topic).to_bytes(2, "big")
-        + topic.encode()
+        len(name).to_bytes(2, "big")
+        + name
         + mid.to_bytes(2, "big")
         + bytes([len(properties)])
         + properties
@@ -163,3 +166,62 @@ async def test_mqtt5_packets_with_and_without_properties_decode_alike(
         ("t/a", b"1", 1, 7, None), ("t/b", b"", 1, 8, b"abc")
     ]  # fmt: skip
     assert paho_path == ["t/b"]
+
+
+async def test_a_topic_not_utf8_on_pahos_path_is_received_with_replacement_characters(
+    client: MqttClient,
+) -> None:
+    """A PUBLISH with properties and a topic that is not UTF-8 (brokers should refuse it) is
+    received, its topic decoded with U+FFFD, instead of killing paho's thread."""
+    client._loop = asyncio.get_running_loop()
+    correlation = bytes([9]) + (1).to_bytes(2, "big") + b"c"
+    feed(client, [mqtt5_publish(b"t/\xff", b"1", 3, correlation)])
+    received = await client.messages()
+    assert [(m.topic, m.payload, m.mid) for m in received] == [("t/\ufffd", b"1", 3)]
+
+
+async def test_an_mqtt5_publish_with_an_empty_topic_and_no_alias_takes_pahos_path(
+    client: MqttClient,
+) -> None:
+    """An empty topic goes with a topic alias, which is a property: a PUBLISH with neither is
+    left to paho's MQTT 5 path, which hands it on with the empty topic (the adapter then
+    dead-letters it as unmapped), not to the short path's 3.1.1 decoder."""
+    client._loop = asyncio.get_running_loop()
+    feed(client, [mqtt5_publish("", b"1", 4)])
+    received = await client.messages()
+    assert [(m.topic, m.payload, m.mid) for m in received] == [("", b"1", 4)]
+
+
+def test_a_puback_handled_while_a_command_is_published_does_not_deadlock() -> None:
+    """paho calls ``on_publish`` holding its outgoing-message lock, which ``publish`` takes
+    too: while paho's thread settles a PUBACK, a command published from the event loop waits
+    for that lock and then goes on (here to the not-connected error), and so does paho's."""
+    client = MqttClient(load_settings(None, mqtt_url="mqtt://127.0.0.1:1"), ["t/#"])
+    loop_ready, network_holds_lock = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def network() -> None:  # as paho's _handle_pubackcomp
+        loop_ready.wait(5)
+        with client._client._out_message_mutex:
+            network_holds_lock.set()
+            time.sleep(0.2)
+            client._on_publish(client._client, None, 1, None, None)
+        outcome.append("puback handled")
+
+    async def command() -> None:
+        client._loop = asyncio.get_running_loop()
+        loop_ready.set()
+        await asyncio.to_thread(network_holds_lock.wait, 5)
+        with pytest.raises(TransportError, match="cmd/x"):
+            await client.publish("cmd/x", b"1")
+        outcome.append("publish returned")
+
+    threads = [
+        threading.Thread(target=network, daemon=True),
+        threading.Thread(target=asyncio.run, args=(command(),), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert sorted(outcome) == ["puback handled", "publish returned"]

@@ -45,7 +45,9 @@ MAX_BATCH = 5_000
 RECEIVE_CHUNK = 262_144
 """Bytes read from the socket at once (paho itself reads every packet in three reads or more)."""
 READ_BURST = 1_000
-"""Packets paho's thread handles from already-read bytes before it checks the socket again."""
+"""Rounds of packet reading paho's thread makes back to back while read bytes remain buffered,
+before it waits on the socket again (a round reads the socket once more to finish a packet split
+across two reads)."""
 MAX_INBOX = 50_000
 """Messages waiting for the event loop; past this paho's thread stops reading from the socket
 until the loop catches up (TCP pushes back on the broker), so QoS 0 floods cannot exhaust memory."""
@@ -118,7 +120,7 @@ class MqttClient:
         self._stopping = False
         self._ready = asyncio.Event()
         self._published: dict[int, asyncio.Future[None]] = {}
-        self._published_early: set[int] = set()
+        """Futures of ``publish`` calls waiting for the broker, by packet id (event loop only)."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -188,16 +190,11 @@ class MqttClient:
             if correlation is not None:
                 properties.CorrelationData = correlation
         assert self._loop is not None  # start() ran
+        info = self._client.publish(topic, payload, qos=qos, properties=properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise TransportError(f"mqtt publish to {topic}: {paho.error_string(info.rc)}")
         done: asyncio.Future[None] = self._loop.create_future()
-        with self._lock:
-            info = self._client.publish(topic, payload, qos=qos, properties=properties)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise TransportError(f"mqtt publish to {topic}: {paho.error_string(info.rc)}")
-            if info.mid in self._published_early:
-                self._published_early.discard(info.mid)
-                done.set_result(None)
-            else:
-                self._published[info.mid] = done
+        self._published[info.mid] = done  # before _published_mid can run: both on the loop
         await done
 
     def _wake(self) -> None:
@@ -251,7 +248,7 @@ class MqttClient:
             correlation = getattr(message.properties, "CorrelationData", None)
         self._receive(
             Message(
-                topic=message.topic,
+                topic=message._topic.decode(errors="replace"),  # .topic raises on bad UTF-8
                 payload=bytes(message.payload),
                 qos=message.qos,
                 mid=message.mid,
@@ -275,13 +272,16 @@ class MqttClient:
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
-        with self._lock:
-            done = self._published.pop(mid, None)
-            if done is None:
-                self._published_early.add(mid)
-                return
+        """Hand ``mid`` to the event loop. paho calls this holding its outgoing-message lock,
+        which ``publish`` takes too, so it takes no lock of this client's."""
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(_settle, done)
+        self._loop.call_soon_threadsafe(self._published_mid, mid)
+
+    def _published_mid(self, mid: int) -> None:
+        """Settle the ``publish`` waiting for ``mid``, if any (on the event loop)."""
+        done = self._published.pop(mid, None)
+        if done is not None and not done.done():
+            done.set_result(None)
 
 
 class _BufferedSocket:
@@ -347,6 +347,8 @@ class _BufferedClient(paho.Client):
         if receive is None or qos > 1 or len(body) < 2:
             return super()._handle_publish()
         if self._protocol == paho.MQTTv5:
+            if body[:2] == b"\0\0":  # empty topic: a topic alias, which is a property
+                return super()._handle_publish()
             lengths = 2 + int.from_bytes(body[:2], "big") + (2 if qos else 0)  # topic, packet id
             if len(body) <= lengths or body[lengths] != 0:
                 return super()._handle_publish()
@@ -380,8 +382,3 @@ class _BufferedClient(paho.Client):
 def _properties(packet_type: int) -> Properties:
     """Empty MQTT 5 properties for one packet type."""
     return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho lacks the hint
-
-
-def _settle(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_result(None)
