@@ -193,20 +193,21 @@ def sample_day(end: datetime, step: timedelta = timedelta(minutes=1)) -> list[DE
 
 HISTORY_DAYS = 60
 """Days of 15-min history the demo loads, enough for the twin to backtest and train on."""
-STUCK_HOURS = (8, 12)
-"""Hours (UTC) of yesterday during which the demo's household meter repeats one value: the
-anomaly the demo injects for the twin to find."""
+STUCK_SPAN = (timedelta(hours=16), timedelta(hours=12))
+"""From when to when before the end of the history (a day before now) the demo's household meter
+repeats one value: the anomaly the demo injects for the twin to find, inside the history and
+inside the last two days whatever the time of day."""
 
 
 def sample_history(end: datetime, days: int = HISTORY_DAYS) -> list[DERTelemetry]:
     """``days`` days of 15-min readings of the sample fleet up to a day before ``end``, with
     day-to-day weather (clearness following a persistent random walk) and the household meter
-    stuck during ``STUCK_HOURS`` of the day before ``end``."""
+    stuck during ``STUCK_SPAN``."""
     rng = random.Random(60)
     soc = [50.0]
     last = end.astimezone(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
     moment = last.replace(minute=last.minute - last.minute % 15) - timedelta(days=days)
-    stuck_day = (last - timedelta(days=0)).date()
+    stuck_from, stuck_until = last - STUCK_SPAN[0], last - STUCK_SPAN[1]
     clearness, day = 0.7, moment.date()
     stuck_value: float | None = None
     records: list[DERTelemetry] = []
@@ -215,7 +216,7 @@ def sample_history(end: datetime, days: int = HISTORY_DAYS) -> list[DERTelemetry
             day = moment.date()
             clearness = min(1.0, max(0.15, 0.6 * clearness + 0.4 * rng.uniform(0.1, 1.0)))
         readings = readings_at(moment, rng, soc, clearness)
-        if moment.date() == stuck_day and STUCK_HOURS[0] <= moment.hour < STUCK_HOURS[1]:
+        if stuck_from <= moment < stuck_until:
             house = next(r for r in readings if r.device_id == "load-house")
             stuck_value = house.power_kw if stuck_value is None else stuck_value
             readings = [
