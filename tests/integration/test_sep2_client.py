@@ -343,6 +343,40 @@ async def test_a_command_still_under_way_is_not_sent_again(rig: Rig) -> None:
     ]
 
 
+async def test_a_command_the_device_fails_after_it_was_sent_is_sent_again(rig: Rig) -> None:
+    """A command reported ``sent`` whose record the control layer later completes as failed
+    (the device answered after the control layer's wait) is sent again at the next poll; when
+    that one fails at once too, the event, answered "event started" before, is answered 252."""
+    now = int(time.time())
+    event = der_control("A" * 32, limit(50), now - 10, 600, created=now - 20, status=1)
+    rig.server.programs.append(Program("curtail", primacy=1, controls=[event]))
+    real = rig.services.fleet_access()
+    records: list[CommandResult] = []
+
+    async def flaky_device(device_id: str, request: CommandRequest) -> CommandResult:
+        status = CommandStatus.SENT if not records else CommandStatus.FAILED
+        records.append(CommandResult(device_id=device_id, request=request, status=status))
+        return records[-1]
+
+    link = rig.link(fleet=FleetAccess(flaky_device, real.devices, real.latest))
+    try:
+        await link.poll_once()
+        await link.poll_once()
+        assert len(records) == 1  # still under way: held, not sent again
+        records[0].status = CommandStatus.FAILED  # as the control layer completes it later
+        await link.poll_once()
+    finally:
+        await link.aclose()
+    assert [(r.request.command, r.request.value) for r in records] == [
+        (CommandType.SET_POWER_LIMIT, 4.0), (CommandType.SET_POWER_LIMIT, 4.0)
+    ]  # fmt: skip
+    assert [status for _, status in rig.answers()] == [
+        ResponseType.EVENT_RECEIVED,
+        ResponseType.EVENT_STARTED,
+        ResponseType.REJECTED_CONTROL_PARAM_NOT_APPLICABLE,
+    ]
+
+
 async def test_a_superseded_event_stays_ended_when_the_newer_one_ends(rig: Rig) -> None:
     """A newer same-primacy event supersedes an older overlapping one for good: when the newer
     one is over the older one is not applied again (the limit is cleared) and it is never

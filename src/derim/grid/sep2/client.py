@@ -4,8 +4,9 @@ applies the controls in force to the mapped DERIM devices through the control la
 site's DERCapability, DERSettings, DERStatus and mirrored readings.
 
 An event is answered "event started" only once every command it caused was acknowledged by its
-device (or is still under way in the control layer); when a device refused or failed one, or no
-mapped device can carry out its modes, it is answered 252 (IEEE 2030.5-2018 Table 27: "Rejected -
+device (or is still under way in the control layer); when a device refused or failed one (also
+after the control layer reported it ``sent``), or no mapped device can carry out its modes, it
+is answered 252 (IEEE 2030.5-2018 Table 27: "Rejected -
 control parameter not applicable", the only rejection that fits a device that cannot comply)
 and the link tries the commands again at each poll, answering "event started" once they succeed.
 """
@@ -16,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
@@ -41,7 +43,7 @@ from derim.grid.sep2.controls import (
 )
 from derim.grid.sep2.events import Phase, Resolution, resolve
 from derim.grid.sep2.resources import Sep2Http, Site, discover
-from derim.models.command import CommandRequest, CommandStatus
+from derim.models.command import CommandRequest, CommandResult, CommandStatus
 from derim.models.device import DERDevice
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,21 @@ RECEIPT = 0x01
 SPECIFIC = 0x02
 """responseRequired bit: answer each change of the event's state (started, completed, ...)."""
 
-Held = tuple[Setpoint, int | None]
+
+@dataclass(frozen=True)
+class Held:
+    """A command a device took on one channel; ``record`` is the control layer's, which it
+    completes in place when the device answers after ``submit`` returned ``sent``."""
+
+    setpoint: Setpoint
+    expires: int | None
+    record: CommandResult
+
+    def holds(self, setpoint: Setpoint, expires: int | None) -> bool:
+        """Whether this is ``setpoint`` until ``expires`` and the device has not failed it."""
+        return (self.setpoint, self.expires) == (setpoint, expires) and (
+            self.record.status in UNDER_WAY
+        )
 
 
 class Sep2Link:
@@ -226,27 +242,32 @@ class Sep2Link:
     async def _steer(
         self, device_id: str, wanted: dict[Channel, Setpoint], resolution: Resolution
     ) -> set[Channel]:
-        """Send what changed on each channel of one device; release channels no longer set.
-        The wanted channels the device did not take (tried again at the next poll)."""
+        """Send what changed on each channel of one device, and again what the device failed
+        after it was sent; release channels no longer set. The wanted channels the device did
+        not take (tried again at the next poll)."""
         held = self._held.setdefault(device_id, {})
         missed: set[Channel] = set()
         for channel, setpoint in wanted.items():
             expires = _expiry(channel, resolution)
-            if held.get(channel) == (setpoint, expires):
+            holding = held.get(channel)
+            if holding is not None and holding.holds(setpoint, expires):
                 continue
-            if await self._submit(device_id, setpoint, expires):
-                held[channel] = (setpoint, expires)
+            record = await self._submit(device_id, setpoint, expires)
+            if record is not None:
+                held[channel] = Held(setpoint, expires, record)
             else:
                 missed.add(channel)
         for channel in [c for c in held if c not in wanted]:
             release = RELEASE.get(channel)
-            if release is None or await self._submit(device_id, release, None):
+            if release is None or await self._submit(device_id, release, None) is not None:
                 del held[channel]
         return missed
 
-    async def _submit(self, device_id: str, setpoint: Setpoint, expires: int | None) -> bool:
-        """One command through the control layer; whether the device acknowledged it or the
-        control layer still has it under way (``sent``: it completes the record itself)."""
+    async def _submit(
+        self, device_id: str, setpoint: Setpoint, expires: int | None
+    ) -> CommandResult | None:
+        """One command through the control layer; its record if the device acknowledged it or
+        the control layer still has it under way (``sent``: it completes the record itself)."""
         request = CommandRequest(
             command=setpoint.command,
             value=setpoint.value,
@@ -255,11 +276,11 @@ class Sep2Link:
             expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
         )
         (outcome,) = await submit_each(self._fleet, [device_id], request)
-        taken = outcome.result is not None and outcome.result.status in UNDER_WAY
-        if not taken:
-            status = outcome.describe()
-            log.info("sep2 %s on %s not carried out: %s", setpoint.command.value, device_id, status)
-        return taken
+        if outcome.result is not None and outcome.result.status in UNDER_WAY:
+            return outcome.result
+        status = outcome.describe()
+        log.info("sep2 %s on %s not carried out: %s", setpoint.command.value, device_id, status)
+        return None
 
     async def _answer(
         self,
