@@ -14,6 +14,7 @@ from async_helpers import until
 from derim.adapters.base import Backoff
 from derim.errors import DeviceRejected, InvalidRequestError, StorageError
 from derim.grid.fleet import FleetAccess
+from derim.grid.openadr import dispatch
 from derim.grid.openadr.config import OpenAdrConfig, Programme
 from derim.grid.openadr.dispatch import LimitDispatcher
 from derim.grid.openadr.signals import Step, power_limit
@@ -36,6 +37,8 @@ class FakeFleet:
         self.answers: dict[str, CommandStatus | Exception] = {}
         """What a device answers a command that is not a dry run (default: acknowledged)."""
         self.sent: list[tuple[str, CommandRequest]] = []
+        self.records: list[CommandResult] = []
+        """The record of each command carried out, as the control layer returns it."""
         self.readings: dict[str, dict[str, object]] = {}
         self.storage_down = False
 
@@ -48,7 +51,8 @@ class FakeFleet:
             answer = CommandStatus.VALIDATED
         elif isinstance(answer, Exception):
             raise answer
-        return CommandResult(device_id=device_id, request=request, status=answer)
+        self.records.append(CommandResult(device_id=device_id, request=request, status=answer))
+        return self.records[-1]
 
     async def latest(self, device_ids: Sequence[str]) -> dict[str, dict[str, object]]:
         if self.storage_down:
@@ -276,6 +280,57 @@ async def test_a_limit_still_under_way_is_held_and_a_failed_clear_is_retried() -
         CommandType.SET_POWER_LIMIT, CommandType.CLEAR_POWER_LIMIT,
         CommandType.CLEAR_POWER_LIMIT,
     ]  # fmt: skip
+
+
+async def test_a_command_failed_after_it_was_sent_is_sent_again_after_a_backoff() -> None:
+    """A limit recorded ``sent`` and later completed as failed by the control layer is sent
+    again after the backoff; a clear failed that way leaves the device taken to hold its limit,
+    so the clear is sent again too."""
+    fleet = FakeFleet([PV])
+    fleet.answers["pv"] = CommandStatus.SENT
+    dispatcher = LimitDispatcher(fleet.access(), backoff=Backoff(10, 40, jitter=0))
+    end = T0 + 10 * MINUTE
+    dispatcher.put("a", [Step(T0, end, {"pv": power_limit(40, "%", end)})])
+    second = timedelta(seconds=1)
+    await dispatcher.apply(T0)
+    await dispatcher.apply(T0 + second)
+    assert len(fleet.records) == 1  # under way: held
+    fleet.records[0].status = CommandStatus.TIMED_OUT
+    for at in (2, 11):
+        await dispatcher.apply(T0 + at * second)
+    assert len(fleet.records) == 1  # the backoff first
+    await dispatcher.apply(T0 + 12 * second)
+    assert len(fleet.records) == 2
+    dispatcher.drop("a")
+    await dispatcher.apply(T0 + 13 * second)
+    fleet.records[-1].status = CommandStatus.FAILED
+    for at in (14, 20, 24):
+        await dispatcher.apply(T0 + at * second)
+    assert fleet.carried_out() == [
+        ("pv", CommandType.SET_POWER_LIMIT, 40), ("pv", CommandType.SET_POWER_LIMIT, 40),
+        ("pv", CommandType.CLEAR_POWER_LIMIT, None), ("pv", CommandType.CLEAR_POWER_LIMIT, None),
+    ]  # fmt: skip
+
+
+async def test_the_running_dispatcher_looks_again_at_commands_under_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Running, the dispatcher notices a command under way that its device failed, without a
+    step starting or ending, and sends it again after the backoff."""
+    monkeypatch.setattr(dispatch, "SENT_CHECK", timedelta(seconds=0.05))
+    fleet = FakeFleet([PV])
+    fleet.answers["pv"] = CommandStatus.SENT
+    dispatcher = LimitDispatcher(fleet.access(), backoff=Backoff(0.05, 0.05, jitter=0))
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        end = datetime.now(UTC) + 10 * MINUTE
+        dispatcher.put("a", [Step(datetime.now(UTC), end, {"pv": power_limit(20, "%", end)})])
+        await until(lambda: len(fleet.records) == 1)
+        fleet.answers["pv"] = CommandStatus.ACKNOWLEDGED
+        fleet.records[0].status = CommandStatus.FAILED
+        await until(lambda: len(fleet.records) == 2)
+    finally:
+        await cancel_and_wait(task)
 
 
 async def test_the_running_dispatcher_wakes_for_a_retry() -> None:

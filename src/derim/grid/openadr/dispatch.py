@@ -1,6 +1,7 @@
 """Keeps each device at the most restrictive limit that the active steps of all accepted
 events give it, sending a command at each step's start, clearing a limit lifted early and
-sending again, after a backoff, what a device did not take."""
+sending again, after a backoff, what a device did not take (also when it failed a command the
+control layer had reported ``sent``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from derim.adapters.base import Backoff
 from derim.grid.fleet import FleetAccess, Outcome, submit_each
 from derim.grid.openadr.signals import SOURCE, Step
-from derim.models.command import CommandRequest, CommandStatus, CommandType
+from derim.models.command import CommandRequest, CommandResult, CommandStatus, CommandType
 
 log = logging.getLogger(__name__)
 CLEAR = CommandRequest(command=CommandType.CLEAR_POWER_LIMIT, source=SOURCE)
@@ -25,6 +26,8 @@ TAKEN = frozenset({CommandStatus.ACKNOWLEDGED, CommandStatus.SENT})
 device has yet to answer; the control layer completes the record)."""
 RETRY_BACKOFF = Backoff(initial_s=5.0, max_s=300.0)
 """Waits before sending again a command a device did not take."""
+SENT_CHECK = timedelta(seconds=5)
+"""How often the records of commands still ``sent`` are looked at again."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,16 @@ class _Retry:
     request: CommandRequest
     failures: int
     due: datetime
+
+
+@dataclass(frozen=True)
+class _UnderWay:
+    """A command recorded ``sent``: the control layer completes ``record`` in place when the
+    device answers; ``before`` is the limit the device held until then."""
+
+    request: CommandRequest
+    record: CommandResult
+    before: CommandRequest | None
 
 
 class LimitDispatcher:
@@ -58,6 +71,7 @@ class LimitDispatcher:
         self._applied: dict[str, CommandRequest] = {}
         """The limit each device took (acknowledged, or sent and under way)."""
         self._retries: dict[str, _Retry] = {}
+        self._under_way: dict[str, _UnderWay] = {}
         self._changed = asyncio.Event()
 
     def put(self, event_id: str, steps: Sequence[Step]) -> None:
@@ -97,6 +111,7 @@ class LimitDispatcher:
         no step holds any more before it lapsed; resend what a device did not take once its
         retry is due."""
         self._forget_ended(now)
+        self._check_under_way(now)
         wanted = self.desired(now)
         concerned = [*wanted, *(d for d in self._applied if d not in wanted)]
         for device_id in self._retries.keys() - set(concerned):
@@ -133,14 +148,42 @@ class LimitDispatcher:
     def _settle(self, outcome: Outcome, request: CommandRequest, now: datetime) -> None:
         """Remember what the device took, or when to try again."""
         device_id = outcome.device_id
-        taken = outcome.result is not None and outcome.result.status in TAKEN
-        if taken:
-            self._retries.pop(device_id, None)
-            if request.command is CommandType.SET_POWER_LIMIT:
-                self._applied[device_id] = request
-            else:
-                self._applied.pop(device_id, None)
+        record = outcome.result
+        if record is None or record.status not in TAKEN:
+            self._retry_later(device_id, request, outcome.describe(), now)
             return
+        self._retries.pop(device_id, None)
+        before = self._applied.get(device_id)
+        if request.command is CommandType.SET_POWER_LIMIT:
+            self._applied[device_id] = request
+        else:
+            self._applied.pop(device_id, None)
+        if record.status is CommandStatus.SENT:
+            self._under_way[device_id] = _UnderWay(request, record, before)
+        else:
+            self._under_way.pop(device_id, None)
+
+    def _check_under_way(self, now: datetime) -> None:
+        """Forget the commands under way that their devices acknowledged since; for one a
+        device failed, take the device to hold its limit from before, and send it again after
+        the backoff."""
+        for device_id, pending in list(self._under_way.items()):
+            status = pending.record.status
+            if status is CommandStatus.SENT:
+                continue
+            del self._under_way[device_id]
+            if status is CommandStatus.ACKNOWLEDGED:
+                continue
+            if pending.before is None:
+                self._applied.pop(device_id, None)
+            else:
+                self._applied[device_id] = pending.before
+            self._retry_later(device_id, pending.request, f"{status.value} after it was sent", now)
+
+    def _retry_later(
+        self, device_id: str, request: CommandRequest, why: str, now: datetime
+    ) -> None:
+        """Send ``request`` again after the backoff, longer at each failure in a row."""
         previous = self._retries.get(device_id)
         failures = 1 if previous is None else previous.failures + 1
         wait = timedelta(seconds=self.backoff.delay(failures))
@@ -150,7 +193,7 @@ class LimitDispatcher:
             "openadr %s to %s: %s; trying again in %.0f s",
             request.command.value,
             device_id,
-            outcome.describe(),
+            why,
             wait.total_seconds(),
         )
 
@@ -182,7 +225,8 @@ class LimitDispatcher:
         return value
 
     def _next_wake(self, now: datetime) -> datetime | None:
-        """The next instant after ``now`` at which a step starts or ends or a retry is due."""
+        """The next instant after ``now`` at which a step starts or ends, a retry is due or
+        commands under way are looked at again."""
         instants = [
             instant
             for steps in self._plans.values()
@@ -191,4 +235,6 @@ class LimitDispatcher:
             if instant is not None and instant > now
         ]
         instants.extend(retry.due for retry in self._retries.values() if retry.due > now)
+        if self._under_way:
+            instants.append(now + SENT_CHECK)
         return min(instants, default=None)
