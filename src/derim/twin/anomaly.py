@@ -267,6 +267,7 @@ def _validated(
         raise TwinError(f"capacity must be a positive number of W, not {capacity}")
     index = measured.index
     index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+    index = index.as_unit("ns")  # pandas 3 may keep µs or s; the arithmetic below is in ns
     irregular = np.flatnonzero(np.diff(index.asi8) != freq.value)
     if irregular.size:
         at = int(irregular[0])

@@ -106,6 +106,19 @@ def test_frozen_daylight_reading_is_stuck() -> None:
     assert f"{frozen:.1f} W for 4 readings" in found[0].reason
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+def test_an_index_in_coarser_units_than_ns_gives_the_same_anomalies(unit: str) -> None:
+    """pandas 3 keeps timestamps in s, ms or µs when built from them (SQLite rows give µs):
+    the same stuck PV reading is found, at the same times, as with a nanosecond index."""
+    series = clear_pv(5)
+    series["2021-04-03 14:00":"2021-04-03 17:00"] = series["2021-04-03 14:00"]
+    coarse = series.set_axis(series.index.as_unit(unit))
+    expected = detect(series, freq=HOUR, site=SITE, capacity=CAPACITY, config=FLAT)
+    found = detect(coarse, freq=HOUR, site=SITE, capacity=CAPACITY, config=FLAT)
+    assert kinds(found) == ["stuck"]
+    assert found == expected
+
+
 def test_repeated_clipping_level_is_not_stuck() -> None:
     """Clipping at the same level every day is a limit, not a frozen meter."""
     series = clear_pv(5).clip(upper=3_000.0)
