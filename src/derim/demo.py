@@ -178,51 +178,49 @@ def readings_at(
     ]
 
 
+STUCK_SPAN = (timedelta(hours=10), timedelta(hours=6))
+"""From when to when before now the demo's household meter repeats one value: the anomaly the
+demo injects for the twin to find, in the day of one-minute readings so that the dashboard's
+24-hour chart shows it."""
+
+
 def sample_day(end: datetime, step: timedelta = timedelta(minutes=1)) -> list[DERTelemetry]:
-    """A day of readings of the sample fleet ending at ``end`` (UTC), one every ``step``."""
+    """A day of readings of the sample fleet ending at ``end`` (UTC), one every ``step``, with
+    the household meter stuck during ``STUCK_SPAN``."""
     rng = random.Random(42)
     soc = [50.0]
     start = end.astimezone(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
+    stuck_from, stuck_until = end - STUCK_SPAN[0], end - STUCK_SPAN[1]
+    stuck_kw: float | None = None
     records: list[DERTelemetry] = []
     moment = start
     while moment <= end:
-        records.extend(readings_at(moment, rng, soc))
+        for reading in readings_at(moment, rng, soc):
+            if reading.device_id == "load-house" and stuck_from <= moment < stuck_until:
+                stuck_kw = reading.power_kw if stuck_kw is None else stuck_kw
+                reading = reading.model_copy(update={"power_kw": stuck_kw})
+            records.append(reading)
         moment += step
     return records
 
 
 HISTORY_DAYS = 60
 """Days of 15-min history the demo loads, enough for the twin to backtest and train on."""
-STUCK_SPAN = (timedelta(hours=16), timedelta(hours=12))
-"""From when to when before the end of the history (a day before now) the demo's household meter
-repeats one value: the anomaly the demo injects for the twin to find, inside the history and
-inside the last two days whatever the time of day."""
 
 
 def sample_history(end: datetime, days: int = HISTORY_DAYS) -> list[DERTelemetry]:
     """``days`` days of 15-min readings of the sample fleet up to a day before ``end``, with
-    day-to-day weather (clearness following a persistent random walk) and the household meter
-    stuck during ``STUCK_SPAN``."""
+    day-to-day weather (clearness following a persistent random walk)."""
     rng = random.Random(60)
     soc = [50.0]
     last = end.astimezone(UTC).replace(second=0, microsecond=0) - timedelta(days=1)
     moment = last.replace(minute=last.minute - last.minute % 15) - timedelta(days=days)
-    stuck_from, stuck_until = last - STUCK_SPAN[0], last - STUCK_SPAN[1]
     clearness, day = 0.7, moment.date()
-    stuck_value: float | None = None
     records: list[DERTelemetry] = []
     while moment < last:
         if moment.date() != day:
             day = moment.date()
             clearness = min(1.0, max(0.15, 0.6 * clearness + 0.4 * rng.uniform(0.1, 1.0)))
-        readings = readings_at(moment, rng, soc, clearness)
-        if stuck_from <= moment < stuck_until:
-            house = next(r for r in readings if r.device_id == "load-house")
-            stuck_value = house.power_kw if stuck_value is None else stuck_value
-            readings = [
-                r.model_copy(update={"power_kw": stuck_value}) if r is house else r
-                for r in readings
-            ]
-        records.extend(readings)
+        records.extend(readings_at(moment, rng, soc, clearness))
         moment += timedelta(minutes=15)
     return records

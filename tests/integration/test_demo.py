@@ -35,7 +35,8 @@ def wait_for(
 
 def test_the_demo_shows_live_data_a_forecast_and_an_anomaly(tmp_path: Path) -> None:
     """The dashboard page loads, the polled PV inverter reports live, the forecast of pv-roof-2
-    is served, and the household meter's stuck stretch is an anomaly."""
+    is served, and the household meter's stuck stretch is an anomaly within the last day (the
+    span the dashboard charts)."""
     (port,) = free_ports(1)
     env = {**os.environ, "DERIM_DATA_DIR": str(tmp_path), "DERIM_OCPP_PORT": "0",
            "DERIM_LOG_LEVEL": "WARNING"}  # fmt: skip
@@ -62,7 +63,7 @@ def test_the_demo_shows_live_data_a_forecast_and_an_anomaly(tmp_path: Path) -> N
         )  # fmt: skip
         forecast = httpx.get(f"{base}/api/v1/forecast/pv-roof-2", timeout=5).json()
         assert len(forecast["points"]) == 96
-        since = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+        since = (datetime.now(UTC) - timedelta(days=1)).isoformat()  # the dashboard's span
         anomalies = httpx.get(
             f"{base}/api/v1/twin/load-house/anomalies", params={"start": since}, timeout=30
         ).json()

@@ -208,6 +208,32 @@ def household_readings(days: int) -> list[dict[str, Any]]:
     ]
 
 
+def test_a_located_load_frozen_at_night_is_stuck_and_not_judged_as_pv(
+    client: httpx.Client,
+) -> None:
+    """A household load with a location (Greensboro), frozen from 02:00 to 06:00 UTC (night
+    there) yesterday, is a stuck reading; PV's daylight rules (outage, clear-sky) do not apply
+    to its consumption."""
+    created = client.post("/api/v1/devices", json={
+        "id": "home-gso", "device_type": "load", "rated_power_kw": 10.0,
+        "location": {"latitude": 36.1, "longitude": -79.95}})  # fmt: skip
+    assert created.status_code == 201, created.text
+    night = pd.Timestamp.now(tz="UTC").floor("D") - pd.Timedelta(days=1) + pd.Timedelta(hours=2)
+    readings = household_readings(3)
+    frozen = -0.3217  # a level the profile does not hold at 01:45 or 06:00
+    for reading in readings:
+        reading["device_id"] = "home-gso"
+        if night <= pd.Timestamp(reading["timestamp"]) < night + pd.Timedelta(hours=4):
+            reading["power_kw"] = frozen
+    assert client.post("/api/v1/telemetry", json=readings).status_code == 202
+    params = {"start": (night - pd.Timedelta(days=1)).isoformat(),
+              "end": (night + pd.Timedelta(hours=12)).isoformat()}  # fmt: skip
+    found = client.get("/api/v1/twin/home-gso/anomalies", params=params).json()
+    assert [(a["kind"], a["start"]) for a in found] == [
+        ("stuck", night.isoformat().replace("+00:00", "Z"))
+    ], found
+
+
 def test_what_if_on_served_forecasts(client: httpx.Client) -> None:
     """A what-if on a household's and a PV system's served forecasts: doubling the PV doubles
     its energy and lowers the import; an invalid change is 422 naming it."""

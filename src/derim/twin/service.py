@@ -364,7 +364,7 @@ class TwinService:
                 measured * to_watts,
                 freq=freq,
                 expected=None if expected is None else expected * to_watts,
-                site=site_of(device),
+                site=site_of(device) if device.device_type is DeviceType.SOLAR_PV else None,
                 capacity=None if capacity is None else capacity * 1000.0,
                 config=_anomaly_config(device),
                 field=field,
