@@ -184,6 +184,7 @@ class LstmForecaster(Forecaster):
                 f"lstm forecaster was trained for a {layout.steps * hours:g} h horizon;"
                 f" {len(index) * hours:g} h was requested"
             )
+        steps = layout.steps  # always the trained horizon, so a shorter one is its exact start
         window = layout.context
         values = history.to_numpy(dtype=float)[-window:] / self.scale
         if values.size < window:
@@ -192,19 +193,19 @@ class LstmForecaster(Forecaster):
         end = pd.Timestamp(history.index[-1])
         covariate_index = pd.date_range(
             end - (layout.lookback - 1) * self.freq,
-            periods=layout.lookback + len(index),
+            periods=layout.lookback + steps,
             freq=self.freq,
         )
         covariates = self.fitted_covariates().frame(covariate_index)[list(layout.columns)]
         frame = covariates.to_numpy(dtype=float)
         past_steps = np.column_stack([filled[-layout.lookback :], frame[: layout.lookback]])
         past = past_steps.reshape(layout.blocks, layout.block, -1).mean(axis=1)
-        day, week = layout.reference_offsets(len(index))
+        day, week = layout.reference_offsets(steps)
         statistics = _weekly_statistics(filled, layout.per_day)
         future = np.column_stack(
             [
                 frame[layout.lookback :],
-                layout.leads(len(index)),
+                layout.leads(steps),
                 filled[window + day],
                 filled[window + week],
                 statistics[window + day],
@@ -217,7 +218,7 @@ class LstmForecaster(Forecaster):
                 torch.as_tensor(past[None], dtype=torch.float32),
                 torch.as_tensor(future[None], dtype=torch.float32),
             )
-        point: np.ndarray = output[0].numpy().astype(float) * self.scale
+        point: np.ndarray = output[0, : len(index)].numpy().astype(float) * self.scale
         return point
 
     def _fitted_layout(self) -> _Layout:

@@ -62,11 +62,10 @@ def test_forecast_index_length_and_ordered_bands(lstm: LstmForecaster, data: Dat
 
 
 def test_shorter_horizon_is_the_start_of_the_trained_one(lstm: LstmForecaster) -> None:
-    """A 6 h forecast is the first 6 steps of the 24 h forecast (to float32 rounding, which
-    differs by ~1e-5 between the two calls' tensor shapes)."""
+    """A 6 h forecast is the first 6 steps of the 24 h forecast."""
     full = lstm.predict(DAY)
     short = lstm.predict(pd.Timedelta(hours=6))
-    np.testing.assert_allclose(short.p50, full.p50[:6], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(short.p50, full.p50[:6], rtol=1e-5, atol=1e-6)
 
 
 def test_beats_same_time_yesterday_on_a_held_out_month(lstm: LstmForecaster, data: Dataset) -> None:
